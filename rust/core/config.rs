@@ -1,0 +1,185 @@
+//! Hyper-parameters of FW-LoRA and their validation.
+
+use super::error::CoreError;
+
+/// How frozen Fisher scores F become importances I.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalization {
+    /// The paper: I_m = F_m / Σ_k F_k; uniform 1/M when Σ F = 0. Σ I = 1, so with many
+    /// matrices every 1 − I_m is close to 1 and the penalty barely differs between them.
+    Sum,
+    /// I_m = F_m / max_k F_k; all ones when max F = 0. 1 − I spans [0, 1]: the most
+    /// important matrix is unpenalised and the least important gets the full λ.
+    Max,
+}
+
+impl Normalization {
+    pub const NAMES: [&'static str; 2] = ["sum", "max"];
+
+    pub fn parse(name: &str) -> Result<Self, CoreError> {
+        match name {
+            "sum" => Ok(Normalization::Sum),
+            "max" => Ok(Normalization::Max),
+            other => Err(CoreError::arg(
+                "normalization",
+                format!("expected one of \"sum\", \"max\", got {other:?}"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Normalization::Sum => "sum",
+            Normalization::Max => "max",
+        }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Normalization::Sum => 0,
+            Normalization::Max => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Normalization::Sum),
+            1 => Some(Normalization::Max),
+            _ => None,
+        }
+    }
+}
+
+/// How the penalty factors λ·(1 − I_m) are scaled over the steps after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// The paper: the full factor from step K + 1 on.
+    Constant,
+    /// Linear ramp-in: at optimizer step t > K the factor is scaled by min(1, (t − K) / steps).
+    Ramp { steps: u64 },
+}
+
+impl Schedule {
+    pub fn parse(name: &str, ramp_steps: u64) -> Result<Self, CoreError> {
+        match name {
+            "constant" => Ok(Schedule::Constant),
+            "ramp" if ramp_steps >= 1 => Ok(Schedule::Ramp { steps: ramp_steps }),
+            "ramp" => Err(CoreError::arg(
+                "ramp_steps",
+                format!("expected an integer >= 1 with schedule=\"ramp\", got {ramp_steps}"),
+            )),
+            other => Err(CoreError::arg(
+                "schedule",
+                format!("expected one of \"constant\", \"ramp\", got {other:?}"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::Ramp { .. } => "ramp",
+        }
+    }
+
+    pub fn ramp_steps(self) -> u64 {
+        match self {
+            Schedule::Constant => 0,
+            Schedule::Ramp { steps } => steps,
+        }
+    }
+
+    /// Multiplier of the base factors at optimizer step `step` (1-based) for warm-up `warmup`.
+    pub fn scale(self, step: u64, warmup: u64) -> f64 {
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Ramp { steps } => {
+                let after = step.saturating_sub(warmup) as f64;
+                (after / steps as f64).min(1.0)
+            }
+        }
+    }
+}
+
+/// Every hyper-parameter of the core. Built with [`Config::new`], which validates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// EMA decay α in (0, 1).
+    pub alpha: f64,
+    /// Warm-up length K >= 1 in optimizer steps.
+    pub warmup: u64,
+    /// Global shrinkage λ >= 0.
+    pub lam: f64,
+    pub normalization: Normalization,
+    pub schedule: Schedule,
+    /// 0: importances frozen after warm-up (the paper). N >= 1: keep observing after warm-up
+    /// and renormalise every N steps (the paper's future work iv).
+    pub refresh_every: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            alpha: 0.98,
+            warmup: 500,
+            lam: 1e-4,
+            normalization: Normalization::Sum,
+            schedule: Schedule::Constant,
+            refresh_every: 0,
+        }
+    }
+}
+
+impl Config {
+    pub fn new(
+        alpha: f64,
+        warmup: u64,
+        lam: f64,
+        normalization: Normalization,
+        schedule: Schedule,
+        refresh_every: u64,
+    ) -> Result<Self, CoreError> {
+        let config = Config {
+            alpha,
+            warmup,
+            lam,
+            normalization,
+            schedule,
+            refresh_every,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), CoreError> {
+        // `!(x > 0.0 && x < 1.0)` also rejects NaN.
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(CoreError::arg(
+                "alpha",
+                format!(
+                    "expected a float strictly between 0 and 1, got {}",
+                    self.alpha
+                ),
+            ));
+        }
+        if self.warmup < 1 {
+            return Err(CoreError::arg(
+                "warmup",
+                format!("expected an integer >= 1, got {}", self.warmup),
+            ));
+        }
+        if !(self.lam >= 0.0 && self.lam.is_finite()) {
+            return Err(CoreError::arg(
+                "lam",
+                format!("expected a finite float >= 0, got {}", self.lam),
+            ));
+        }
+        if let Schedule::Ramp { steps: 0 } = self.schedule {
+            return Err(CoreError::arg(
+                "ramp_steps",
+                "expected an integer >= 1, got 0",
+            ));
+        }
+        Ok(())
+    }
+}
