@@ -1,0 +1,165 @@
+"""FisherAdamW against torch.optim.AdamW (lam=0) and against the literal reference."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fwlora import FisherAdamW, adamw_param_groups
+from reference import ReferenceFWLoRA
+from tiny import batches, loss_of, tiny_lora_model
+
+
+def _train(model, opt, data):
+    for batch in data:
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        opt.step()
+
+
+def _params(model):
+    # The reference turns requires_grad on for the frozen W_m; they are never updated.
+    return {
+        n: p.detach().clone()
+        for n, p in model.named_parameters()
+        if p.requires_grad and "base_layer" not in n
+    }
+
+
+def _assert_params_close(a, b, rtol=1e-9, atol=1e-12):
+    pa, pb = _params(a), _params(b)
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        torch.testing.assert_close(pa[name], pb[name], rtol=rtol, atol=atol, msg=name)
+
+
+def test_lam_zero_is_exactly_torch_adamw():
+    data = batches(8)
+    ours, theirs = tiny_lora_model(), tiny_lora_model()
+    opt = FisherAdamW(ours, lr=1e-2, weight_decay=0.1, warmup=3, lam=0.0)
+    ref = torch.optim.AdamW(adamw_param_groups(theirs, 0.1), lr=1e-2)
+    _train(ours, opt, data)
+    _train(theirs, ref, data)
+    pa, pb = _params(ours), _params(theirs)
+    for name in pa:
+        assert torch.equal(pa[name], pb[name]), name
+    assert opt.phase == "frozen"
+
+
+def test_weight_decay_only_on_matrices():
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, weight_decay=0.05, warmup=2)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            assert group["weight_decay"] == (0.05 if p.ndim >= 2 else 0.0)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == trainable
+
+
+@pytest.mark.parametrize("warmup", [1, 3])
+@pytest.mark.parametrize("lam", [1e-4, 0.5])
+def test_matches_literal_reference(warmup, lam):
+    data = batches(7)
+    ours, theirs = tiny_lora_model(seed=3), tiny_lora_model(seed=3)
+    opt = FisherAdamW(ours, lr=5e-3, weight_decay=0.01, warmup=warmup, lam=lam, alpha=0.9)
+    ref = ReferenceFWLoRA(theirs, lr=5e-3, weight_decay=0.01, warmup=warmup, lam=lam, alpha=0.9)
+    for t, batch in enumerate(data, start=1):
+        opt.zero_grad()
+        loss_of(ours, batch).backward()
+        opt.step()
+        ref.step(batch)
+        _assert_params_close(ours, theirs)
+        if t <= warmup:
+            for name, f in ref.fisher().items():
+                assert opt.fisher[name] == pytest.approx(f, rel=1e-10), (t, name)
+        if t >= warmup:
+            assert opt.importance == pytest.approx(ref.importance(), rel=1e-10)
+        else:
+            assert opt.importance is None
+
+
+def test_decoupled_reading_matches_reference():
+    data = batches(6)
+    ours, theirs = tiny_lora_model(seed=5), tiny_lora_model(seed=5)
+    opt = FisherAdamW(ours, lr=1e-2, weight_decay=0.3, warmup=2, penalty="decoupled")
+    ref = ReferenceFWLoRA(theirs, lr=1e-2, weight_decay=0.3, warmup=2, lam=1e-4, decoupled=True)
+    for batch in data:
+        opt.zero_grad()
+        loss_of(ours, batch).backward()
+        opt.step()
+        ref.step(batch)
+    _assert_params_close(ours, theirs)
+
+
+def test_closure_is_evaluated_before_the_penalty():
+    data = batches(5)
+    a, b = tiny_lora_model(seed=2), tiny_lora_model(seed=2)
+    opt_a = FisherAdamW(a, lr=1e-2, warmup=2, lam=0.5)
+    opt_b = FisherAdamW(b, lr=1e-2, warmup=2, lam=0.5)
+    for batch in data:
+
+        def closure(batch=batch):
+            opt_a.zero_grad()
+            loss = loss_of(a, batch)
+            loss.backward()
+            return loss
+
+        returned = opt_a.step(closure)
+        assert returned is not None
+        opt_b.zero_grad()
+        loss_of(b, batch).backward()
+        opt_b.step()
+    _assert_params_close(a, b, rtol=0, atol=0)
+
+
+def test_backbone_stays_frozen_and_hooks_go_after_warmup():
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, lr=1e-2, warmup=2)
+    matrices = opt.fisher_weighting.matrices
+    assert all(len(m.module._forward_hooks) == 1 for m in matrices)
+    _train(model, opt, batches(3))
+    assert all(len(m.module._forward_hooks) == 0 for m in matrices)
+    for m in matrices:
+        w = m.module.base_layer.weight
+        assert not w.requires_grad and w.grad is None
+
+
+def test_foreach_and_fused_paths_agree():
+    data = batches(6)
+    models = [tiny_lora_model(seed=4, dtype=torch.float32) for _ in range(3)]
+    opts = [
+        FisherAdamW(models[0], lr=1e-2, warmup=2, lam=0.5, foreach=False),
+        FisherAdamW(models[1], lr=1e-2, warmup=2, lam=0.5, foreach=True),
+        FisherAdamW(models[2], lr=1e-2, warmup=2, lam=0.5, fused=True),
+    ]
+    for model, opt in zip(models, opts):
+        _train(model, opt, data)
+    _assert_params_close(models[0], models[1], rtol=1e-5, atol=1e-6)
+    _assert_params_close(models[0], models[2], rtol=1e-5, atol=1e-6)
+
+
+def test_export_json_and_readouts(tmp_path):
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, lr=1e-2, warmup=2)
+    assert opt.importance is None and opt.phase == "warmup"
+    _train(model, opt, batches(2))
+    imp = opt.importance
+    assert imp is not None and sum(imp.values()) == pytest.approx(1.0)
+    assert set(imp) == set(opt.fisher)
+    import json
+
+    data = json.loads(opt.export_json(tmp_path / "imp.json").read_text())
+    assert data["phase"] == "frozen" and data["importance"] == pytest.approx(imp)
+    assert data["config"]["warmup"] == 2
+    assert float(opt.penalty_value()) > 0.0
+
+
+def test_copy_of_model_is_independent():
+    model = tiny_lora_model()
+    clone = copy.deepcopy(model)
+    opt = FisherAdamW(model, lr=1e-2, warmup=2)
+    _train(model, opt, batches(2))
+    assert opt.fisher_weighting.step == 2
+    assert all(len(m._forward_hooks) == 0 for m in clone.modules())
