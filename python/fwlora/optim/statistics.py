@@ -116,6 +116,9 @@ class GradientStatistics:
         matrix = self.matrices[index]
 
         def hook(module, args, output):
+            # A deep copy of the model carries this hook along; it must not report here.
+            if module is not matrix.module:
+                return
             if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor)):
                 return
             if not output.requires_grad:

@@ -1,0 +1,109 @@
+"""state_dict round-trips: a resumed optimizer continues exactly as the uninterrupted run."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from fwlora import FisherAdamW, attach_fisher
+from tiny import batches, loss_of, tiny_lora_model
+
+
+def _step(model, opt, batch):
+    opt.zero_grad()
+    loss_of(model, batch).backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("split", [1, 3, 4, 6])  # mid-warm-up, at K=4 boundary, after
+@pytest.mark.parametrize("estimator", ["exact", "sketch"])
+def test_lock_step_resume(split, estimator):
+    data = batches(9)
+    model = tiny_lora_model(seed=7)
+    opt = FisherAdamW(model, lr=1e-2, warmup=4, lam=0.3, estimator=estimator, flush_every=2)
+    for batch in data[:split]:
+        _step(model, opt, batch)
+    state = copy.deepcopy(opt.state_dict())
+    clone = copy.deepcopy(model)
+    resumed = FisherAdamW(clone, lr=1e-2, warmup=4, lam=0.3, estimator=estimator)
+    resumed.load_state_dict(state)
+    assert resumed.fisher_weighting.step == split
+    for batch in data[split:]:
+        _step(model, opt, batch)
+        _step(clone, resumed, batch)
+        for (name, p), q in zip(model.named_parameters(), clone.parameters()):
+            assert torch.equal(p, q), name
+    assert opt.importance == resumed.importance
+    assert opt.fisher == resumed.fisher
+
+
+def test_state_dict_is_plain_and_survives_torch_save(tmp_path):
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, lr=1e-2, warmup=2)
+    _step(model, opt, batches(1)[0])
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    loaded = torch.load(tmp_path / "opt.pt", weights_only=True)
+    fresh = FisherAdamW(copy.deepcopy(model), lr=1e-2, warmup=2)
+    fresh.load_state_dict(loaded)
+    assert fresh.fisher == opt.fisher
+
+
+def test_state_from_other_lora_matrices_is_refused_and_changes_nothing():
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, lr=1e-2, warmup=3)
+    _step(model, opt, batches(1)[0])
+    torch.manual_seed(0)
+    from transformers import RobertaForSequenceClassification
+
+    other_base = RobertaForSequenceClassification(model.base_model.model.config)
+    other = get_peft_model(
+        other_base, LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query"])
+    )
+    other_opt = FisherAdamW(other.double(), lr=1e-2, warmup=3)
+    before = copy.deepcopy(other_opt.state_dict())
+    with pytest.raises(ValueError, match="state_dict: saved for other LoRA matrices"):
+        other_opt.load_state_dict(opt.state_dict())
+    after = other_opt.state_dict()
+    assert after["fwlora"] == before["fwlora"]
+    assert after["param_groups"] == before["param_groups"]
+
+
+def test_state_without_fisher_entry_is_refused():
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, warmup=3)
+    plain = torch.optim.AdamW(model.parameters()).state_dict()
+    with pytest.raises(ValueError, match="no 'fwlora' entry"):
+        opt.load_state_dict(plain)
+
+
+def test_attached_weighting_round_trips_through_optimizer_hooks():
+    data = batches(6)
+    model = tiny_lora_model(seed=9)
+    sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    fw = attach_fisher(sgd, model, warmup=3, lam=0.2)
+    for batch in data[:2]:
+        _step(model, sgd, batch)
+    state = copy.deepcopy(sgd.state_dict())
+    assert state["fwlora"]["step"] == 2
+    clone = copy.deepcopy(model)
+    sgd2 = torch.optim.SGD([p for p in clone.parameters() if p.requires_grad], lr=0.05)
+    fw2 = attach_fisher(sgd2, clone, warmup=3, lam=0.2)
+    sgd2.load_state_dict(state)
+    for batch in data[2:]:
+        _step(model, sgd, batch)
+        _step(clone, sgd2, batch)
+    assert fw.importance == fw2.importance
+    for p, q in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_deep_copied_model_does_not_feed_the_original():
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, warmup=4)
+    clone = copy.deepcopy(model)  # carries the statistics hooks along
+    batch = batches(1)[0]
+    loss_of(clone, batch).backward()
+    assert all(v is None for v in opt.fisher_weighting.statistics._pending)
