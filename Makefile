@@ -10,7 +10,9 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup build test test-rust test-python demo lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile .ci/system-deps.sh
+	# Debian packages the tests need (headless Chromium for the report screenshot test).
+	bash .ci/system-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# Everything the project needs, then the Rust extension (maturin, release build).
