@@ -51,6 +51,21 @@ class FisherPenalty:
         """f_m per matrix (a sequence of M floats): cached on the device as 2·f·s² per group."""
         self._coef = self._coefficients(factors)
 
+    @staticmethod
+    def _follow_scaling(group: _ShapeGroup, a: torch.Tensor) -> None:
+        if group.scaling_sq.device != a.device or group.scaling_sq.dtype != a.dtype:
+            group.scaling_sq = group.scaling_sq.to(a.device, a.dtype)
+
+    def _follow(self, i: int, a: torch.Tensor) -> torch.Tensor:
+        """Group i's cached coefficient on `a`'s device and dtype (Trainer and accelerate
+        move the model after the optimizer was built); re-cached once when it moved."""
+        assert self._coef is not None
+        self._follow_scaling(self.groups[i], a)
+        coef = self._coef[i]
+        if coef.device != a.device or coef.dtype != a.dtype:
+            coef = self._coef[i] = coef.to(a.device, a.dtype)
+        return coef
+
     def _coefficients(self, factors) -> list[torch.Tensor]:
         values = torch.as_tensor(factors, dtype=torch.float64)
         return [
@@ -66,9 +81,10 @@ class FisherPenalty:
         """grad += scale · ∂P/∂(A, B) for every adapter (a missing grad is created)."""
         if self._coef is None:
             raise RuntimeError("FisherPenalty.add_gradients before set_factors")
-        for group, coef in zip(self.groups, self._coef):
+        for i, group in enumerate(self.groups):
             a = torch.stack(group.lora_A)  # (n, r, in)
             b = torch.stack(group.lora_B)  # (n, out, r)
+            coef = self._follow(i, a)
             c = coef if scale == 1.0 else coef * scale
             grad_b = torch.bmm(b, torch.bmm(a, a.mT)).mul_(c)
             grad_a = torch.bmm(torch.bmm(b.mT, b), a).mul_(c)
@@ -78,13 +94,18 @@ class FisherPenalty:
     @torch.no_grad()
     def value(self, factors=None) -> torch.Tensor:
         """P = Σ f_m ‖ΔW_m‖²_F as a 0-d tensor (no host sync); `factors` default: the cached."""
-        coefs = self._coef if factors is None else self._coefficients(factors)
-        if coefs is None:
+        if factors is None and self._coef is None:
             raise RuntimeError("FisherPenalty.value before set_factors")
+        coefs = None
+        if factors is not None:
+            for group in self.groups:
+                self._follow_scaling(group, group.lora_A[0])
+            coefs = self._coefficients(factors)
         total = None
-        for group, coef in zip(self.groups, coefs):
+        for i, group in enumerate(self.groups):
             a = torch.stack(group.lora_A)
             b = torch.stack(group.lora_B)
+            coef = self._follow(i, a) if coefs is None else coefs[i]
             gram = (torch.bmm(a, a.mT) * torch.bmm(b.mT, b)).sum(dim=(1, 2))
             part = (0.5 * coef.view(-1) * gram).sum()
             total = part if total is None else total + part

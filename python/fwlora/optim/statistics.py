@@ -149,6 +149,10 @@ class GradientStatistics:
         if matrix.lora_B.grad is None and matrix.lora_A.grad is None:
             self._pending[index] = None
         g = grad.reshape(-1, grad.shape[-1])
+        if g.dtype == torch.float16:
+            # fp16 (scaled by a GradScaler) overflows in G Gᵀ or Gᵀ X long before the LoRA
+            # gradients do; bf16 has fp32's range. One layer at a time, so the copy is small.
+            g = g.float()
         x = inputs.reshape(-1, inputs.shape[-1]).to(g.dtype)
         if self.estimator == "exact":
             value = exact_sq_norm(g, x)

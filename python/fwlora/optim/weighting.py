@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,17 @@ class FisherWeighting:
         self.penalty = FisherPenalty(self.matrices)
         self.step = 0  # optimizer steps taken
         self._rows: list[torch.Tensor] = []  # observed rows not yet in the core
-        self._device = self.matrices[0].lora_A.device
         self._grad_scaler: Any = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._handles: list = []
         self._pending_load: tuple[dict, FisherCore] | None = None
+        self._checked_sharding = False
+        _refuse_sharding(self.matrices)
+
+    @property
+    def _device(self) -> torch.device:
+        # Read each time: Trainer / accelerate move the model after the optimizer is built.
+        return self.matrices[0].lora_A.device
 
     # ----------------------------------------------------------------- read-outs
     @property
@@ -200,7 +207,8 @@ class FisherWeighting:
 
     # ------------------------------------------------------------------ stepping
     def _pre_step_hook(self, optimizer, args, kwargs) -> None:
-        if args[1:] or kwargs.get("closure") is not None:
+        # accelerate and GradScaler call step(None): a closure passed as None is no closure.
+        if any(a is not None for a in args[1:]) or kwargs.get("closure") is not None:
             raise ValueError(
                 "closure: FisherWeighting attached by hooks adds the penalty before "
                 "step() runs, so it cannot see gradients a closure computes; call backward "
@@ -211,6 +219,10 @@ class FisherWeighting:
     @torch.no_grad()
     def before_step(self) -> None:
         """Adds the penalty for the step about to be taken (nothing during warm-up)."""
+        if not self._checked_sharding:
+            # FSDP / DeepSpeed wrap the model after the optimizer is built: check once, here.
+            _refuse_sharding(self.matrices, self._optimizer)
+            self._checked_sharding = True
         upcoming = self.step + 1
         scale = self.core.schedule_scale(upcoming)
         if scale == 0.0:
@@ -230,7 +242,7 @@ class FisherWeighting:
             scale = getattr(self._grad_scaler, "_scale", None)
             if scale is not None and self._grad_scaler.is_enabled():
                 row = row / scale.to(row.device, torch.float64).square()
-            self._rows.append(row)
+            self._rows.append(self._mean_over_ranks(row))
             self.statistics.step = self.step
             k, refresh = self.core.warmup, self.core.refresh_every
             boundary = self.step == k or (
@@ -239,21 +251,34 @@ class FisherWeighting:
             if boundary or (self.step < k and len(self._rows) >= self.flush_every):
                 self.flush()
 
-    def flush(self) -> None:
-        """Moves observed rows to the core (one host-device transfer for all of them)."""
-        if not self._rows:
-            return
-        rows = torch.stack(self._rows).to(torch.float64)
-        self._rows = []
-        if (
+    def _mean_over_ranks(self, row: torch.Tensor) -> torch.Tensor:
+        """Σ over ranks / world of this step's row (`sync_ranks`, torch.distributed only).
+
+        Done every observed step, inside step() where every rank is, so that flush() (and
+        so state_dict() and the read-outs, which the Trainer calls on rank 0 only) never
+        runs a collective. M floats per warm-up step; asynchronous on NCCL.
+        """
+        if not (
             self.sync_ranks
             and torch.distributed.is_available()
             and torch.distributed.is_initialized()
         ):
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                torch.distributed.all_reduce(rows)
-                rows /= world
+            return row
+        world = torch.distributed.get_world_size()
+        if world == 1:
+            return row
+        torch.distributed.all_reduce(row)
+        return row / world
+
+    def flush(self) -> None:
+        """Moves observed rows to the core (one host-device transfer for all of them).
+
+        Rows were already averaged over ranks (see `_mean_over_ranks`): no collective here.
+        """
+        if not self._rows:
+            return
+        rows = torch.stack([r.to(self._rows[0].device) for r in self._rows]).to(torch.float64)
+        self._rows = []
         was_frozen = self.core.phase == "frozen"
         before = self.core.skipped
         self.core.observe_batch(rows.cpu().numpy())
@@ -379,6 +404,43 @@ def _check_number(name: str, value: Any, *, integer: bool = False, minimum: floa
     if not ok or value < minimum:
         what = "an integer" if integer else "a finite number"
         raise ValueError(f"{name}: expected {what} >= {minimum}, got {value!r}")
+
+
+_TRUE = {"1", "true", "yes", "y", "on"}
+
+
+def _refuse_sharding(matrices, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """ValueError under FSDP or DeepSpeed, whose sharded parameters the hooks cannot see.
+
+    FW-LoRA reads and writes `lora_A/B.grad` of the very parameters it found in the model and
+    keeps their statistics per rank; FSDP (flat or DTensor shards) and DeepSpeed ZeRO (flat
+    fp32 partitions inside its own optimizer) update other tensors. Plain DDP is supported.
+    """
+    hint = (
+        "FW-LoRA supports single-device and DistributedDataParallel training (torchrun, "
+        "accelerate launch without --use_fsdp/--use_deepspeed); LoRA adapters are small, so "
+        "replicate them with DDP instead"
+    )
+    for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(var, "").strip().lower() in _TRUE:
+            raise ValueError(f"{name}: not supported ({var} is set). {hint}")
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch built without distributed
+        DTensor = ()
+    for m in matrices:
+        for p in (m.lora_A, m.lora_B):
+            if isinstance(p, DTensor):
+                raise ValueError(f"FSDP: {m.name} holds sharded (DTensor) LoRA factors. {hint}")
+            if hasattr(p, "ds_id") or hasattr(p, "ds_numel"):
+                raise ValueError(f"DeepSpeed: {m.name} holds ZeRO-partitioned factors. {hint}")
+    if optimizer is not None:
+        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if any(id(m.lora_A) not in owned or id(m.lora_B) not in owned for m in matrices):
+            raise ValueError(
+                "optimizer: no longer updates the LoRA factors FW-LoRA found in the model "
+                "(FSDP or DeepSpeed replaced them with flat shards?). " + hint
+            )
 
 
 def _decoupled_decay(optimizer: torch.optim.Optimizer) -> bool:
