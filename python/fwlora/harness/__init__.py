@@ -1,0 +1,46 @@
+"""The experiment harness behind the `fwlora` CLI: runs, artefacts, figures, report.
+
+    from fwlora.harness import build_config, plan_compare, run_experiment, build_report
+    base = build_config({"model": "minilm-l6", "task": "drugreview"})
+    exp = run_experiment(plan_compare(base, ["lora", "fw-lora"], [42, 43]), "out")
+    build_report(["out"], "out/site")
+
+Modules, one job each: config (settings), data (task splits), models (backbones and
+adapters), budget (parameter budgets), train (one run), metrics (one evaluation), stats
+(significance tests), artefacts (JSON artefacts), plots (figures), experiment (many runs),
+report (static page), demo (the offline demo), testing (a tiny offline model and data).
+"""
+
+from fwlora.harness.config import METHODS, RunConfig, build_config, read_config_file
+from fwlora.harness.data import TASKS, load_task
+from fwlora.harness.demo import run_demo
+from fwlora.harness.errors import HarnessError
+from fwlora.harness.experiment import (
+    Experiment,
+    load_experiment,
+    plan_compare,
+    plan_sweep,
+    run_experiment,
+    summary_table,
+)
+from fwlora.harness.report import build_report
+from fwlora.harness.train import train_run
+
+__all__ = [
+    "METHODS",
+    "TASKS",
+    "Experiment",
+    "HarnessError",
+    "RunConfig",
+    "build_config",
+    "build_report",
+    "load_experiment",
+    "load_task",
+    "plan_compare",
+    "plan_sweep",
+    "read_config_file",
+    "run_demo",
+    "run_experiment",
+    "summary_table",
+    "train_run",
+]

@@ -1,0 +1,307 @@
+"""A static results page for GitHub Pages: `index.html` (an HTML fragment following the
+paper's page conventions) + `images/` (PNG figures) + `data/` (the JSON artefacts)."""
+
+from __future__ import annotations
+
+import shutil
+from html import escape
+from pathlib import Path
+
+import yaml
+
+from fwlora.harness.artefacts import group_runs
+from fwlora.harness.errors import HarnessError
+from fwlora.harness.experiment import Experiment, load_experiment
+
+ARTEFACTS = ("metrics.json", "aggregated_metrics.json", "significance_tests.json")
+CAPTIONS = {
+    "confusion_matrix": "Validation confusion matrix (final epoch), {label}, seed {seed}",
+    "eval_acc_learning_curve": "Validation accuracy per epoch (higher is better), {label}, "
+    "seed {seed}",
+    "train_loss_learning_curve": "Training loss per step (lower is better), {label}, seed {seed}",
+    "importance_heatmap": "Frozen FW-LoRA importances I_m by layer and module type, {label}, "
+    "seed {seed}",
+}
+
+
+class _Figures:
+    """Copies PNGs into images/ and numbers the figures."""
+
+    def __init__(self, site: Path, prefix: str) -> None:
+        self.images = site / "images"
+        self.prefix = prefix
+        self.count = 0
+
+    def figure(self, source: Path, caption: str) -> str:
+        png = source.with_suffix(".png")  # the page shows PNGs; PDFs stay in the artefacts
+        if not png.is_file():
+            return ""
+        target = f"{self.prefix}{png.name}"
+        shutil.copyfile(png, self.images / target)
+        self.count += 1
+        return (
+            f'<figure><img src="images/{escape(target)}" style="width:70%" '
+            f'alt="{escape(caption)}"><figcaption>Figure {self.count}: {escape(caption)}'
+            "</figcaption></figure>"
+        )
+
+
+def _li(key: str, value: str) -> str:
+    return f"<li><strong>{escape(key)}:</strong> {value}</li>"
+
+
+def _pm(summary: dict, digits: int = 4) -> str:
+    """mean ± std of an aggregated metric (just the mean for a single seed)."""
+    if summary["std"] is None:
+        return f"{summary['mean']:.{digits}f}"
+    return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
+
+
+def _setup_items(exp: Experiment) -> list[str]:
+    first = exp.runs[0]
+    cfg = first["config"]
+    data = first["data"]
+    groups = group_runs(exp.runs)
+    adapters = ", ".join(
+        f"{escape(label)}: rank {g[0]['adapters']['rank']}, "
+        f"{g[0]['adapters']['trainable_params']:,} trainable parameters "
+        f"({g[0]['adapters']['budget_percent']:.3f} % of the backbone in adapters)"
+        for label, g in groups.items()
+    )
+    items = [
+        _li("Model", escape(f"{first['model_display']} ({first['model']})")),
+        _li(
+            "Data",
+            escape(
+                f"{data['task']} from {data['source']}: {data['train_examples']} training and "
+                f"{data['eval_examples']} evaluation examples, labels "
+                f"{', '.join(data['label_names'])}"
+            ),
+        ),
+        _li("Methods", escape(", ".join(groups))),
+        _li("Seeds", escape(", ".join(str(s) for s in sorted({r["seed"] for r in exp.runs})))),
+        _li("Target modules", escape(", ".join(cfg["target_modules"]))),
+        _li("Adapters", adapters),
+        _li(
+            "Optimisation",
+            escape(
+                f"AdamW lr {cfg['lr']:g}, weight decay {cfg['weight_decay']:g}, linear schedule "
+                f"with {cfg['warmup_ratio']:.0%} warm-up, batch {cfg['batch_size']}, "
+                f"{cfg['epochs']} epochs, max length {cfg['max_length']}, "
+                f"{first['precision']} on {first['device']}, {first['total_steps']} steps"
+            ),
+        ),
+    ]
+    fisher = [r for r in exp.runs if r.get("fisher")]
+    if fisher:
+        ks = sorted({r["fisher"]["warmup_steps"] for r in fisher})
+        lams = sorted({r["config"]["fisher_lam"] for r in fisher})
+        items.append(
+            _li(
+                "FW-LoRA",
+                escape(
+                    f"warm-up K = {', '.join(map(str, ks))} steps, EMA decay "
+                    f"{fisher[0]['config']['fisher_alpha']:g}, λ = "
+                    f"{', '.join(f'{lam:g}' for lam in lams)}"
+                ),
+            )
+        )
+    extras = []
+    if cfg.get("modules_to_save"):
+        extras.append(f"fully trained with the head: {', '.join(cfg['modules_to_save'])}")
+    if cfg.get("truncation_side") == "left":
+        extras.append("long inputs keep their last tokens (left truncation)")
+    if extras:
+        items.append(_li("Also", escape("; ".join(extras))))
+    notes = sorted({n for r in exp.runs for n in r.get("notes", [])})
+    if notes:
+        items.append(_li("Notes", escape("; ".join(notes))))
+    return items
+
+
+def _results_table(exp: Experiment) -> str:
+    head = (
+        "Method",
+        "Seeds",
+        "Best val. acc",
+        "Final val. acc",
+        "Final F1",
+        "Final MCC",
+        "Runtime (s)",
+        "Peak memory (MB)",
+    )
+    rows = []
+    for label, g in exp.aggregated["groups"].items():
+        m = g["metrics"]
+        cells = (
+            label,
+            str(len(g["seeds"])),
+            _pm(m["best_eval_acc"]),
+            _pm(m["final_eval_acc"]),
+            _pm(m["final_eval_f1"]),
+            _pm(m["final_eval_mcc"]),
+            _pm(m["runtime_sec"], 1),
+            _pm(m["peak_memory_mb"], 0),
+        )
+        rows.append("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+    return (
+        "<table><thead><tr>"
+        + "".join(f"<th>{escape(h)}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def _significance_items(exp: Experiment) -> list[str]:
+    items = []
+    for comp in exp.significance["comparisons"]:
+        ci = comp["bootstrap_ci"]
+        per_seed = "; ".join(
+            f"seed {p['seed']}: b = {p['mcnemar']['b']}, c = {p['mcnemar']['c']}, "
+            f"p = {p['mcnemar']['p_value']:.3g}"
+            for p in comp["per_seed"]
+        )
+        across = comp["across_seeds"]["final_eval_acc"]
+        t = across["paired_t"]
+        t_text = (
+            f"paired t-test over {across['n']} seeds p = {t['p_value']:.3g}"
+            if t
+            else f"paired t-test undefined ({across['n']} seed(s) or constant differences)"
+        )
+        text = (
+            f"final accuracy difference {ci['estimate']:+.4f} "
+            f"({ci['confidence_level']:.0%} bootstrap CI {ci['low']:+.4f} to {ci['high']:+.4f}); "
+            f"{t_text}; McNemar (exact) {per_seed}"
+        )
+        items.append(_li(f"{comp['method']} vs {comp['baseline']}", escape(text)))
+    return items
+
+
+def _results_figures(exp: Experiment, figures: _Figures) -> list[str]:
+    fig_dir = exp.out_dir / "figures"
+    out = [
+        figures.figure(
+            fig_dir / "comparison_best_eval_acc_bar_chart.png",
+            "Best validation accuracy per method, mean ± std over seeds, dots are seeds "
+            "(higher is better)",
+        ),
+        figures.figure(
+            fig_dir / "comparison_runtime_sec_bar_chart.png",
+            "Runtime (training + evaluation) in seconds per method (lower is better)",
+        ),
+    ]
+    for label, members in group_runs(exp.runs).items():
+        run = members[0]  # the first seed; the others are in the artefacts
+        for kind, caption in CAPTIONS.items():
+            out.append(
+                figures.figure(
+                    fig_dir / f"{run['run']}_{kind}.png",
+                    caption.format(label=label, seed=run["seed"]),
+                )
+            )
+    return [f for f in out if f]
+
+
+def _title(experiments: list[Experiment]) -> str:
+    tasks = sorted({r["task"] for e in experiments for r in e.runs})
+    models = sorted({r["model_display"] for e in experiments for r in e.runs})
+    methods = []
+    for e in experiments:
+        for label in group_runs(e.runs):
+            if label not in methods:
+                methods.append(label)
+    return (
+        f"FW-LoRA experiment: {' vs '.join(methods)} on {', '.join(tasks)} with {', '.join(models)}"
+    )
+
+
+def _summary_items(exp: Experiment) -> list[str]:
+    items = []
+    for label, g in exp.aggregated["groups"].items():
+        m = g["metrics"]
+        seeds = len(g["seeds"])
+        text = (
+            f"final validation accuracy {_pm(m['final_eval_acc'])} (best epoch "
+            f"{_pm(m['best_eval_acc'])}), runtime {_pm(m['runtime_sec'], 1)} s over "
+            f"{seeds} seed{'s' if seeds > 1 else ''}"
+        )
+        if g["task"] == "cola":
+            text += f", Matthews correlation {_pm(m['final_eval_mcc'])}"
+        items.append(_li(label, escape(text)))
+    return items
+
+
+def build_report(run_dirs: list[str | Path], output: str | Path, title: str | None = None) -> Path:
+    """Writes output/index.html, output/images/*.png and output/data/**.json."""
+    if not run_dirs:
+        raise HarnessError("report: give at least one experiment directory")
+    experiments = [load_experiment(Path(d)) for d in run_dirs]
+    site = Path(output)
+    (site / "images").mkdir(parents=True, exist_ok=True)
+    parts = [f'<h2 class="paper-title">{escape(title or _title(experiments))}</h2>']
+    figure_count = 0
+    for index, exp in enumerate(experiments):
+        prefix = f"{index + 1}-" if len(experiments) > 1 else ""
+        heading = f" ({exp.out_dir.name})" if len(experiments) > 1 else ""
+        data_dir = site / "data" / f"{prefix}{exp.out_dir.name}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for name in ARTEFACTS:
+            shutil.copyfile(exp.out_dir / name, data_dir / name)
+        figures = _Figures(site, prefix)
+        figures.count = figure_count
+        first_cfg = {k: v for k, v in exp.runs[0]["config"].items() if k != "quiet"}
+        parts.append(
+            "<section>"
+            f"<h2>Summary{escape(heading)}</h2>"
+            "<p>Mean (± sample standard deviation over seeds) per method.</p>"
+            f"<ul>{''.join(_summary_items(exp))}</ul>"
+            "</section>"
+        )
+        parts.append(
+            "<section>"
+            f"<h2>Setup{escape(heading)}</h2>"
+            f"<p>{len(exp.runs)} run(s) in {escape(exp.out_dir.name)}/; every run "
+            "uses the same settings except the method (and its method-specific options) and "
+            "the seed.</p>"
+            f"<ul>{''.join(_setup_items(exp))}</ul>"
+            "</section>"
+        )
+        parts.append(
+            "<section>"
+            f"<h2>Method{escape(heading)}</h2>"
+            "<p>Resolved settings of the first run:</p>"
+            f"<pre><code>{escape(yaml.safe_dump(first_cfg, sort_keys=False))}</code></pre>"
+            "</section>"
+        )
+        parts.append(
+            "<section>"
+            f"<h2>Results{escape(heading)}</h2>"
+            "<p>Validation metrics aggregated over seeds (mean ± sample standard "
+            "deviation).</p>"
+            f"{_results_table(exp)}"
+            f"{''.join(_results_figures(exp, figures))}"
+            "</section>"
+        )
+        figure_count = figures.count
+        sig = _significance_items(exp)
+        parts.append(
+            "<section>"
+            f"<h2>Significance{escape(heading)}</h2>"
+            "<p>Each method against the baseline "
+            f"{escape(exp.significance['baseline'])}, on per-example predictions of the final "
+            "epoch.</p>"
+            + (f"<ul>{''.join(sig)}</ul>" if sig else "<p>Only one method: no comparison.</p>")
+            + "</section>"
+        )
+        links = "".join(
+            _li(
+                name,
+                f'<a href="data/{escape(data_dir.name)}/{name}" target="_blank">{escape(name)}</a>',
+            )
+            for name in ARTEFACTS
+        )
+        parts.append(f"<section><h2>Artefacts{escape(heading)}</h2><ul>{links}</ul></section>")
+    index_html = site / "index.html"
+    index_html.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return index_html

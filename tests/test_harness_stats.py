@@ -1,0 +1,111 @@
+"""The significance tests against scipy (and textbook values) on known inputs."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from fwlora.harness import stats
+
+
+def _correctness(b: int, c: int, both: int = 5, neither: int = 3):
+    """Per-example correctness with b (A right, B wrong) and c (A wrong, B right) cells."""
+    a = [1] * b + [0] * c + [1] * both + [0] * neither
+    bb = [0] * b + [1] * c + [1] * both + [0] * neither
+    return np.array(a, bool), np.array(bb, bool)
+
+
+def test_mcnemar_counts_and_exact_p_match_scipy_binomtest():
+    a, b = _correctness(12, 4)
+    result = stats.mcnemar(a, b)
+    assert (result["b"], result["c"]) == (12, 4)
+    expected = sps.binomtest(4, 16, 0.5).pvalue
+    assert result["p_value"] == pytest.approx(expected)
+    # χ² with continuity correction: (|12 − 4| − 1)² / 16 = 49/16.
+    assert result["statistic"] == pytest.approx(49 / 16)
+    assert result["p_value_chi2"] == pytest.approx(sps.chi2.sf(49 / 16, 1))
+
+
+def test_mcnemar_textbook_example():
+    # b = 25, c = 10: continuity-corrected χ² = 14²/35 = 5.6, p ≈ 0.01796.
+    result = stats.mcnemar(*_correctness(25, 10))
+    assert result["statistic"] == pytest.approx(5.6)
+    assert result["p_value_chi2"] == pytest.approx(0.017960, abs=1e-5)
+    assert result["p_value"] == pytest.approx(2 * sps.binom.cdf(10, 35, 0.5))
+
+
+def test_mcnemar_identical_predictions_is_not_significant():
+    a, _ = _correctness(0, 0)
+    assert stats.mcnemar(a, a) == {
+        "b": 0,
+        "c": 0,
+        "statistic": 0.0,
+        "p_value": 1.0,
+        "p_value_chi2": 1.0,
+    }
+
+
+def test_mcnemar_rejects_unpaired_inputs():
+    with pytest.raises(ValueError, match="shapes differ"):
+        stats.mcnemar(np.ones(3, bool), np.ones(4, bool))
+
+
+@given(st.integers(0, 40), st.integers(0, 40))
+def test_mcnemar_is_symmetric_and_a_probability(b, c):
+    x, y = _correctness(b, c)
+    forward, backward = stats.mcnemar(x, y), stats.mcnemar(y, x)
+    assert forward["p_value"] == pytest.approx(backward["p_value"])
+    assert 0.0 <= forward["p_value"] <= 1.0
+    assert 0.0 <= forward["p_value_chi2"] <= 1.0
+
+
+def test_paired_tests_match_scipy():
+    a = [0.91, 0.93, 0.92, 0.95]
+    b = [0.90, 0.915, 0.925, 0.93]
+    result = stats.paired_tests(a, b)
+    t = sps.ttest_rel(a, b)
+    w = sps.wilcoxon(a, b)
+    assert result["n"] == 4
+    assert result["mean_difference"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert result["paired_t"]["statistic"] == pytest.approx(t.statistic)
+    assert result["paired_t"]["p_value"] == pytest.approx(t.pvalue)
+    assert result["wilcoxon"]["statistic"] == pytest.approx(w.statistic)
+    assert result["wilcoxon"]["p_value"] == pytest.approx(w.pvalue)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [([0.9], [0.8]), ([0.9, 0.9], [0.9, 0.9]), ([0.9, 0.8], [0.8, 0.7])],
+    ids=["one-seed", "all-equal", "constant-difference"],
+)
+def test_paired_tests_are_null_where_undefined(a, b):
+    result = stats.paired_tests(a, b)
+    assert result["paired_t"] is None
+    if len(a) < 2 or np.all(np.subtract(a, b) == 0):
+        assert result["wilcoxon"] is None
+
+
+def test_bootstrap_ci_matches_scipy_bootstrap():
+    rng = np.random.default_rng(3)
+    a = rng.random((3, 200)) < 0.8
+    b = rng.random((3, 200)) < 0.7
+    result = stats.bootstrap_difference_ci(a, b, n_resamples=2000, seed=7)
+    per_example = (a.astype(float) - b.astype(float)).mean(axis=0)
+    expected = sps.bootstrap(
+        (per_example,),
+        np.mean,
+        n_resamples=2000,
+        method="percentile",
+        rng=np.random.default_rng(7),
+    ).confidence_interval
+    assert result["estimate"] == pytest.approx(a.mean() - b.mean())
+    assert result["low"] == pytest.approx(expected.low)
+    assert result["high"] == pytest.approx(expected.high)
+    assert result["low"] < result["estimate"] < result["high"]
+
+
+def test_bootstrap_ci_of_identical_predictions_is_a_point():
+    a = np.array([[True, False, True]])
+    result = stats.bootstrap_difference_ci(a, a)
+    assert result["low"] == result["high"] == result["estimate"] == 0.0
