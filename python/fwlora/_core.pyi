@@ -1,15 +1,17 @@
 """Type stubs for the compiled module ``fwlora._core`` (checked by ``stubtest``)."""
 
-from typing import Any
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = ["FisherCore", "FisherCoreError", "__version__"]
 __version__: str
 
 class FisherCoreError(ValueError):
     """Invalid argument or state for the FW-LoRA core."""
 
+@final
 class FisherCore:
     """State of Fisher-Weighted LoRA for ``num_matrices`` adapter matrices."""
 
@@ -68,5 +70,5 @@ class FisherCore:
     def copy(self) -> FisherCore: ...
     def __copy__(self) -> FisherCore: ...
     def __deepcopy__(self, _memo: Any) -> FisherCore: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, value: object, /) -> bool: ...
     def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
