@@ -106,9 +106,11 @@ impl PyFisherCore {
                 format!("expected shape (steps, {m}), got {:?}", arr.shape()),
             ));
         }
-        match arr.as_slice() {
-            Ok(slice) => self.inner.observe_batch(slice, steps),
-            Err(_) => {
+        // `as_slice` also accepts Fortran-ordered memory, which is column-major: only a
+        // C-contiguous array is read in place; anything else is copied in logical order.
+        match arr.as_slice().ok().filter(|_| arr.is_c_contiguous()) {
+            Some(slice) => self.inner.observe_batch(slice, steps),
+            None => {
                 let owned: Vec<f64> = arr.as_array().iter().copied().collect();
                 self.inner.observe_batch(&owned, steps)
             }

@@ -74,3 +74,15 @@ def test_loading_state_for_other_size_is_refused():
     with pytest.raises(FisherCoreError, match="5 adapter matrices, this one has 3"):
         core.load(FisherCore(5, warmup=4).to_bytes())
     assert core.to_bytes() == before
+
+
+def test_fortran_ordered_and_strided_input_is_read_in_logical_order():
+    obs = np.array([[1.0, 0.0], [1.0, 1.0]])
+    c_core, f_core = FisherCore(2, warmup=5), FisherCore(2, warmup=5)
+    c_core.observe_batch(obs)
+    f_core.observe_batch(np.asfortranarray(obs))
+    assert f_core == c_core
+    strided = FisherCore(2, warmup=5)
+    strided.observe(np.array([1.0, 9.0, 0.0])[::2])
+    strided.observe(obs[1])
+    assert strided == c_core
