@@ -1,7 +1,8 @@
-"""Shared benchmark plumbing: interleaved timing, device choice, result files."""
+"""Shared benchmark plumbing: interleaved timing, peak memory, targets, result files."""
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import statistics
@@ -18,6 +19,14 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def suffix(dev: torch.device, full: bool = False) -> str:
+    """Result-file suffix: "" for the CPU default, "_gpu" on CUDA, "_full" for the real
+    roberta-base config on CPU (so a GPU run never overwrites the CPU figures)."""
+    if dev.type == "cuda":
+        return "_gpu"
+    return "_full" if full else ""
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -29,23 +38,170 @@ def interleaved(cases: dict[str, Callable[[], None]], rounds: int, inner: int) -
     Interleaving (A B C, A B C, ...) spreads machine noise over every case alike, so the
     ratios between cases measured in one run are meaningful even on a shared machine.
     """
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for fn in cases.values():  # warm-up: allocator, kernels, lazy state
-        fn()
+    return measure(cases, rounds, inner, baseline=next(iter(cases)))["seconds"]
+
+
+def measure(
+    cases: dict[str, Callable[[], None]],
+    rounds: int,
+    inner: int,
+    baseline: str,
+    warmup: int = 1,
+) -> dict:
+    """Interleaved timing with per-round ratios against `baseline`.
+
+    Each round runs every case `inner` times back to back (the order rotates from round to
+    round, so no case always follows the same neighbour); a sample is the mean seconds per
+    call in that block. Returns the median seconds per call, and for each case the median
+    and the quartiles of its per-round ratio to the baseline's sample of the same round:
+    paired ratios cancel the slow drifts of a shared machine that separate medians keep.
+    """
+    names = list(cases)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(warmup):  # allocator, kernels, lazy optimizer state
+        for fn in cases.values():
+            fn()
     sync()
-    for _ in range(rounds):
-        for name, fn in cases.items():
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = cases[name]
             sync()
             start = time.perf_counter()
             for _ in range(inner):
                 fn()
             sync()
             samples[name].append((time.perf_counter() - start) / inner)
-    return {name: statistics.median(v) for name, v in samples.items()}
-
-
-def environment() -> dict:
+    base = samples[baseline]
+    ratios = {n: [s / b for s, b in zip(samples[n], base)] for n in names}
     return {
+        "seconds": {n: statistics.median(v) for n, v in samples.items()},
+        "ratio": {n: statistics.median(v) for n, v in ratios.items()},
+        "ratio_q1_q3": {n: _quartiles(v) for n, v in ratios.items()},
+        "samples": samples,
+        "rounds": rounds,
+        "inner": inner,
+        "baseline": baseline,
+    }
+
+
+def _quartiles(values: list[float]) -> list[float]:
+    if len(values) < 2:
+        return [values[0], values[0]]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return [q[0], q[2]]
+
+
+def time_alone(fn: Callable[[], None], repeat: int, inner: int) -> float:
+    """Median seconds per call of `fn` alone (for decomposing a step into its parts)."""
+    fn()
+    sync()
+    out = []
+    for _ in range(repeat):
+        sync()
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync()
+        out.append((time.perf_counter() - start) / inner)
+    return statistics.median(out)
+
+
+# ------------------------------------------------------------------------------- memory
+def peak_step_bytes(step: Callable[[], None], dev: torch.device) -> tuple[int | None, str]:
+    """Peak bytes of tensors allocated during one `step()` above those live before it.
+
+    CUDA: the caching allocator's counters (max_memory_allocated - memory_allocated before).
+    CPU: the profiler's memory timeline (every tensor allocation and free of torch's CPU
+    allocator, autograd's saved activations and gradients included; the peak of the running
+    sum). Neither counts Python objects, allocator caches or fragmentation. Returns
+    (bytes, method); bytes is None where the CPU profiler cannot give a timeline.
+    """
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated"
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler._memory_profiler import Action
+
+        with profile(
+            activities=[ProfilerActivity.CPU],
+            profile_memory=True,
+            record_shapes=True,
+            with_stack=True,
+        ) as prof:
+            step()
+        current = peak = 0
+        for t, action, _key, size in prof._memory_profile().timeline:
+            if t < 0:  # tensors that existed before the step
+                continue
+            if action == Action.CREATE:
+                current += size
+            elif action == Action.DESTROY:
+                current -= size
+            peak = max(peak, current)
+        return peak, "torch.profiler memory timeline (CPU allocator)"
+    except Exception as exc:  # private API: report, do not fail the run
+        return None, f"unavailable ({type(exc).__name__}: {exc})"
+
+
+def tensor_bytes(tensors) -> int:
+    """Bytes of distinct tensor storages among `tensors` (shared storages counted once)."""
+    seen, total = set(), 0
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), t.device)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += storage.nbytes()
+    return total
+
+
+# ------------------------------------------------------------------------------ targets
+def target(
+    name: str, value: float | None, limit: float, *, at_least: bool = False, unit: str = "×"
+) -> dict:
+    """A target check: value ≤ limit (or ≥ with `at_least`), and by how much."""
+    if value is None:
+        return {"name": name, "value": None, "limit": limit, "met": None, "unit": unit}
+    met = value >= limit if at_least else value <= limit
+    return {
+        "name": name,
+        "value": value,
+        "limit": limit,
+        "op": "≥" if at_least else "≤",
+        "met": met,
+        "by": abs(value - limit),
+        "by_percent": abs(value - limit) / limit * 100.0,
+        "unit": unit,
+    }
+
+
+def target_line(t: dict) -> str:
+    if t.get("met") is None:
+        return f"- n/a {t['name']}: not measured here"
+    u = t["unit"]
+    fmt = (lambda v: f"{v:.1f}") if u == " MiB" else (lambda v: f"{v:.3f}")
+    verdict = "PASS" if t["met"] else "MISS"
+    how = "headroom" if t["met"] else "missed by"
+    note = f" — {t['note']}" if t.get("note") else ""
+    return (
+        f"- **{verdict}** {t['name']}: {fmt(t['value'])}{u} (target {t['op']} "
+        f"{fmt(t['limit'])}{u}; {how} {fmt(t['by'])}{u}, {t['by_percent']:.1f} %){note}"
+    )
+
+
+# -------------------------------------------------------------------------------- files
+def environment() -> dict:
+    env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name()
@@ -53,12 +209,21 @@ def environment() -> dict:
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
     }
+    try:
+        import peft
+        import transformers
+
+        env["transformers"] = transformers.__version__
+        env["peft"] = peft.__version__
+    except ImportError:  # bench_core needs neither
+        pass
+    return env
 
 
 def write(name: str, payload: dict, table: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {"environment": environment(), **payload}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
     (RESULTS / f"{name}.md").write_text(table + "\n")
     print(table)
 
@@ -67,3 +232,9 @@ def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def ratio_cell(m: dict, name: str) -> str:
+    """ "1.023 [1.010–1.041]": median per-round ratio and its quartiles."""
+    q1, q3 = m["ratio_q1_q3"][name]
+    return f"{m['ratio'][name]:.3f} [{q1:.3f}–{q3:.3f}]"
