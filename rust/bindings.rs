@@ -1,12 +1,14 @@
 //! The thin PyO3 layer: `fwlora._core`. Every failure of the core becomes one Python
-//! exception type, `FisherCoreError` (a `ValueError`), with the core's message.
+//! exception type, `FisherCoreError` (a `ValueError`), with the core's message. The dict
+//! form of a state is derived from the core's field schema (`codec::SCHEMA`), like the bytes.
 
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::core::{codec, Config, CoreError, FisherState, Normalization, Schedule, StateParts};
+use crate::core::codec::{self, Kind, Value};
+use crate::core::{Config, CoreError, Normalization, Schedule};
 
 pyo3::create_exception!(
     _core,
@@ -23,8 +25,26 @@ fn arg_err(arg: &'static str, msg: impl Into<String>) -> PyErr {
     err(CoreError::arg(arg, msg))
 }
 
+/// A count from Python: an int >= `min` (a negative one is this error, not OverflowError).
+fn count(name: &'static str, v: i64, min: i64) -> PyResult<u64> {
+    if v < min {
+        Err(arg_err(
+            name,
+            format!("expected an integer >= {min}, got {v}"),
+        ))
+    } else {
+        Ok(v as u64)
+    }
+}
+
 /// Reads a 1-D float64 array without copying, or any sequence of floats with one copy.
 fn read_row(g: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+    if g.is_instance_of::<PyBytes>() {
+        return Err(arg_err(
+            "g",
+            "expected a 1-D float64 array or a sequence of floats, got bytes",
+        ));
+    }
     if let Ok(arr) = g.extract::<PyReadonlyArray1<f64>>() {
         return Ok(arr.as_array().to_vec());
     }
@@ -35,48 +55,63 @@ fn read_row(g: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
 /// State of Fisher-Weighted LoRA for `num_matrices` adapter matrices.
 #[pyclass(module = "fwlora._core", name = "FisherCore", from_py_object)]
 #[derive(Clone)]
-pub struct PyFisherCore {
-    inner: FisherState,
+pub struct FisherCore {
+    inner: crate::core::FisherCore,
 }
 
 #[pymethods]
-impl PyFisherCore {
+impl FisherCore {
+    /// Options left out (None) take the core's defaults (`FisherCore.defaults()`).
     #[new]
-    #[pyo3(signature = (num_matrices, *, alpha=0.98, warmup=500, lam=1e-4,
-                        normalization="sum", schedule="constant", ramp_steps=0, refresh_every=0))]
+    #[pyo3(signature = (num_matrices, *, alpha=None, warmup=None, lam=None,
+                        normalization=None, schedule=None, ramp_steps=None, refresh_every=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         num_matrices: i64,
-        alpha: f64,
-        warmup: i64,
-        lam: f64,
-        normalization: &str,
-        schedule: &str,
-        ramp_steps: i64,
-        refresh_every: i64,
+        alpha: Option<f64>,
+        warmup: Option<i64>,
+        lam: Option<f64>,
+        normalization: Option<&str>,
+        schedule: Option<&str>,
+        ramp_steps: Option<i64>,
+        refresh_every: Option<i64>,
     ) -> PyResult<Self> {
-        let count = |name: &'static str, v: i64, min: i64| -> PyResult<u64> {
-            if v < min {
-                Err(arg_err(
-                    name,
-                    format!("expected an integer >= {min}, got {v}"),
-                ))
-            } else {
-                Ok(v as u64)
-            }
-        };
+        let d = Config::default();
         let num_matrices = count("num_matrices", num_matrices, 1)?;
+        let normalization = match normalization {
+            Some(name) => Normalization::parse(name).map_err(err)?,
+            None => d.normalization,
+        };
+        let ramp_steps = match ramp_steps {
+            Some(v) => count("ramp_steps", v, 0)?,
+            None => d.schedule.ramp_steps(),
+        };
         let config = Config::new(
-            alpha,
-            count("warmup", warmup, 1)?,
-            lam,
-            Normalization::parse(normalization).map_err(err)?,
-            Schedule::parse(schedule, count("ramp_steps", ramp_steps, 0)?).map_err(err)?,
-            count("refresh_every", refresh_every, 0)?,
+            alpha.unwrap_or(d.alpha),
+            warmup.map_or(Ok(d.warmup), |v| count("warmup", v, 1))?,
+            lam.unwrap_or(d.lam),
+            normalization,
+            Schedule::parse(schedule.unwrap_or(d.schedule.name()), ramp_steps).map_err(err)?,
+            refresh_every.map_or(Ok(d.refresh_every), |v| count("refresh_every", v, 0))?,
         )
         .map_err(err)?;
-        let inner = FisherState::new(num_matrices as usize, config).map_err(err)?;
-        Ok(PyFisherCore { inner })
+        let inner = crate::core::FisherCore::new(num_matrices as usize, config).map_err(err)?;
+        Ok(FisherCore { inner })
+    }
+
+    /// The core's default options, {name: value}: the one place they are defined.
+    #[staticmethod]
+    fn defaults<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = Config::default();
+        let out = PyDict::new(py);
+        out.set_item("alpha", d.alpha)?;
+        out.set_item("warmup", d.warmup)?;
+        out.set_item("lam", d.lam)?;
+        out.set_item("normalization", d.normalization.name())?;
+        out.set_item("schedule", d.schedule.name())?;
+        out.set_item("ramp_steps", d.schedule.ramp_steps())?;
+        out.set_item("refresh_every", d.refresh_every)?;
+        Ok(out)
     }
 
     /// One optimizer step's squared gradient norms (length M). False when skipped.
@@ -118,9 +153,21 @@ impl PyFisherCore {
         .map_err(err)
     }
 
+    /// Counts `steps` optimizer steps without observation (only once frozen). Returns the step.
+    #[pyo3(signature = (steps=1))]
+    fn advance(&mut self, steps: i64) -> PyResult<u64> {
+        let steps = count("steps", steps, 0)?;
+        self.inner.advance(steps).map_err(err)
+    }
+
     /// λ·(1 − I_m)·scale(step) for optimizer step `step`; None during warm-up.
-    fn factors<'py>(&self, py: Python<'py>, step: u64) -> Option<Bound<'py, PyArray1<f64>>> {
-        self.inner.factors(step).map(|f| PyArray1::from_vec(py, f))
+    fn factors<'py>(
+        &self,
+        py: Python<'py>,
+        step: i64,
+    ) -> PyResult<Option<Bound<'py, PyArray1<f64>>>> {
+        let step = count("step", step, 0)?;
+        Ok(self.inner.factors(step).map(|f| PyArray1::from_vec(py, f)))
     }
 
     /// λ·(1 − I_m) without the schedule; None during warm-up.
@@ -129,8 +176,8 @@ impl PyFisherCore {
     }
 
     /// The schedule's multiplier at optimizer step `step` (0 during warm-up).
-    fn schedule_scale(&self, step: u64) -> f64 {
-        self.inner.schedule_scale(step)
+    fn schedule_scale(&self, step: i64) -> PyResult<f64> {
+        Ok(self.inner.schedule_scale(count("step", step, 0)?))
     }
 
     #[getter]
@@ -159,10 +206,15 @@ impl PyFisherCore {
     fn phase(&self) -> &'static str {
         self.inner.phase().name()
     }
-    /// Observations still accepted before freezing (None in refresh mode: unbounded).
+    /// Whether every optimizer step must bring an observation (warm-up, refreshing).
     #[getter]
-    fn remaining_warmup(&self) -> Option<u64> {
-        self.inner.remaining_observations()
+    fn observing(&self) -> bool {
+        self.inner.phase().observing()
+    }
+    /// Observations until the importances are next (re)computed; None once frozen for good.
+    #[getter]
+    fn steps_until_update(&self) -> Option<u64> {
+        self.inner.steps_until_update()
     }
     #[getter]
     fn alpha(&self) -> f64 {
@@ -200,28 +252,24 @@ impl PyFisherCore {
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<Self> {
         codec::decode(data)
-            .map(|inner| PyFisherCore { inner })
+            .map(|inner| FisherCore { inner })
             .map_err(err)
     }
 
-    /// Plain-Python form: ints, floats, strings, lists and None only.
+    /// Plain-Python form: ints, floats, strings, lists and None only (the core's schema).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.inner;
-        let c = s.config();
         let d = PyDict::new(py);
-        d.set_item("format_version", 1)?;
-        d.set_item("num_matrices", s.num_matrices())?;
-        d.set_item("alpha", c.alpha)?;
-        d.set_item("warmup", c.warmup)?;
-        d.set_item("lam", c.lam)?;
-        d.set_item("normalization", c.normalization.name())?;
-        d.set_item("schedule", c.schedule.name())?;
-        d.set_item("ramp_steps", c.schedule.ramp_steps())?;
-        d.set_item("refresh_every", c.refresh_every)?;
-        d.set_item("step", s.step())?;
-        d.set_item("skipped", s.skipped())?;
-        d.set_item("fisher", s.fisher().to_vec())?;
-        d.set_item("importance", s.importance().map(<[f64]>::to_vec))?;
+        d.set_item("format_version", codec::VERSION)?;
+        for (name, value) in codec::to_fields(&self.inner) {
+            match value {
+                Value::U64(v) => d.set_item(name, v)?,
+                Value::F64(v) => d.set_item(name, v)?,
+                Value::Normalization(n) => d.set_item(name, n.name())?,
+                Value::Schedule(s) => d.set_item(name, s)?,
+                Value::F64s(v) => d.set_item(name, v)?,
+                Value::OptF64s(v) => d.set_item(name, v)?,
+            }
+        }
         Ok(d)
     }
 
@@ -230,58 +278,36 @@ impl PyFisherCore {
         let d = d
             .cast::<PyDict>()
             .map_err(|_| arg_err("state", "expected a dict made by FisherCore.to_dict()"))?;
-        fn field<'py, T: for<'a> FromPyObject<'a, 'py>>(
-            d: &Bound<'py, PyDict>,
-            key: &'static str,
-            what: &str,
-        ) -> PyResult<T> {
-            let v = d
-                .get_item(key)?
-                .ok_or_else(|| arg_err("state", format!("missing key {key:?}")))?;
-            v.extract::<T>()
-                .map_err(|_| arg_err("state", format!("key {key:?}: expected {what}")))
-        }
-        let version: i64 = field(d, "format_version", "an integer")?;
-        if version != 1 {
+        let version: i64 = d
+            .get_item("format_version")?
+            .and_then(|v| v.extract().ok())
+            .ok_or_else(|| arg_err("state", "missing or bad key \"format_version\""))?;
+        if version != i64::from(codec::VERSION) {
             return Err(arg_err(
                 "state",
-                format!("unsupported format_version {version}"),
+                format!(
+                    "unsupported format_version {version} (this build reads {})",
+                    codec::VERSION
+                ),
             ));
         }
-        let normalization: String = field(d, "normalization", "a string")?;
-        let schedule: String = field(d, "schedule", "a string")?;
-        let ramp_steps: u64 = field(d, "ramp_steps", "an integer >= 0")?;
-        let config = Config {
-            alpha: field(d, "alpha", "a float")?,
-            warmup: field(d, "warmup", "an integer >= 1")?,
-            lam: field(d, "lam", "a float")?,
-            normalization: Normalization::parse(&normalization).map_err(err)?,
-            schedule: Schedule::parse(&schedule, ramp_steps).map_err(err)?,
-            refresh_every: field(d, "refresh_every", "an integer >= 0")?,
-        };
-        let fisher: Vec<f64> = field(d, "fisher", "a list of floats")?;
-        let m: u64 = field(d, "num_matrices", "an integer >= 1")?;
-        if m != fisher.len() as u64 {
-            return Err(arg_err(
-                "state",
-                format!("num_matrices={m} but fisher has {} values", fisher.len()),
-            ));
+        let mut py_error: Option<PyErr> = None;
+        let state = codec::from_fields(|name, kind| {
+            read_field(d, name, kind).map_err(|e| {
+                let msg = e.to_string();
+                py_error = Some(e);
+                CoreError::arg("state", msg)
+            })
+        });
+        if let Some(e) = py_error {
+            return Err(e);
         }
-        let parts = StateParts {
-            config,
-            fisher,
-            step: field(d, "step", "an integer >= 0")?,
-            skipped: field(d, "skipped", "an integer >= 0")?,
-            importance: field(d, "importance", "a list of floats or None")?,
-        };
-        FisherState::from_parts(parts)
-            .map(|inner| PyFisherCore { inner })
-            .map_err(err)
+        state.map(|inner| FisherCore { inner }).map_err(err)
     }
 
     /// Replaces this state by `other`'s; refuses one for a different number of matrices.
     fn load(&mut self, other: &Bound<'_, PyAny>) -> PyResult<()> {
-        let other: PyFisherCore = if let Ok(core) = other.extract::<PyFisherCore>() {
+        let other: FisherCore = if let Ok(core) = other.extract::<FisherCore>() {
             core
         } else if let Ok(data) = other.extract::<&[u8]>() {
             Self::from_bytes(data)?
@@ -310,7 +336,7 @@ impl PyFisherCore {
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
         other
-            .extract::<PyFisherCore>()
+            .extract::<FisherCore>()
             .map(|o| o.inner == self.inner)
             .unwrap_or(false)
     }
@@ -345,7 +371,33 @@ impl PyFisherCore {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("FisherCoreError", m.py().get_type::<FisherCoreError>())?;
-    m.add_class::<PyFisherCore>()?;
+    let error = m.py().get_type::<FisherCoreError>();
+    // Recorded as `_core.FisherCoreError` by the macro; pickling needs the importable path.
+    error.setattr("__module__", "fwlora._core")?;
+    m.add("FisherCoreError", error)?;
+    m.add_class::<FisherCore>()?;
     Ok(())
+}
+
+/// One schema field of a dict from `to_dict()`, converted to the core's value kind.
+fn read_field(d: &Bound<'_, PyDict>, name: &'static str, kind: Kind) -> PyResult<Value> {
+    let v = d
+        .get_item(name)?
+        .ok_or_else(|| arg_err("state", format!("missing key {name:?}")))?;
+    let bad = |what: &str| arg_err("state", format!("key {name:?}: expected {what}"));
+    Ok(match kind {
+        Kind::U64 => Value::U64(v.extract().map_err(|_| bad("an integer >= 0"))?),
+        Kind::F64 => Value::F64(v.extract().map_err(|_| bad("a float"))?),
+        Kind::Normalization => {
+            let s: String = v.extract().map_err(|_| bad("a string"))?;
+            Value::Normalization(Normalization::parse(&s).map_err(err)?)
+        }
+        Kind::Schedule => {
+            let s: String = v.extract().map_err(|_| bad("a string"))?;
+            // Only the name here; from_fields checks it with ramp_steps.
+            Value::Schedule(Schedule::parse(&s, 1).map_err(err)?.name())
+        }
+        Kind::F64s => Value::F64s(v.extract().map_err(|_| bad("a list of floats"))?),
+        Kind::OptF64s => Value::OptF64s(v.extract().map_err(|_| bad("a list of floats or None"))?),
+    })
 }

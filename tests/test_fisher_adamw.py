@@ -152,14 +152,21 @@ def test_export_json_and_readouts(tmp_path):
 
     data = json.loads(opt.export_json(tmp_path / "imp.json").read_text())
     assert data["phase"] == "frozen" and data["importance"] == pytest.approx(imp)
-    assert data["config"]["warmup"] == 2
+    assert data["options"]["warmup"] == 2
     assert float(opt.penalty_value()) > 0.0
 
 
 def test_copy_of_model_is_independent():
+    """A deep copy made while the optimizer's hooks are on the model must not feed it."""
     model = tiny_lora_model()
-    clone = copy.deepcopy(model)
-    opt = FisherAdamW(model, lr=1e-2, warmup=2)
-    _train(model, opt, batches(2))
-    assert opt.fisher_weighting.step == 2
-    assert all(len(m._forward_hooks) == 0 for m in clone.modules())
+    opt = FisherAdamW(model, lr=1e-2, warmup=3)
+    assert any(m._forward_hooks for m in model.modules())  # warm-up hooks are attached
+    clone = copy.deepcopy(model)  # carries the hooks along
+    data = batches(3)
+    _train(model, opt, data[:1])
+    fisher_before = dict(opt.fisher)
+    for batch in data[1:]:  # forward/backward on the clone only: nothing may be recorded
+        clone.zero_grad()
+        loss_of(clone, batch).backward()
+    assert opt.fisher_weighting.statistics.take_row(torch.device("cpu")).abs().sum() == 0
+    assert opt.fisher == fisher_before and opt.fisher_weighting.step == 1

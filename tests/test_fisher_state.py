@@ -87,7 +87,7 @@ def test_attached_weighting_round_trips_through_optimizer_hooks():
     for batch in data[:2]:
         _step(model, sgd, batch)
     state = copy.deepcopy(sgd.state_dict())
-    assert state["fwlora"]["step"] == 2
+    assert state["fwlora"]["core"]["step"] == 2
     clone = copy.deepcopy(model)
     sgd2 = torch.optim.SGD([p for p in clone.parameters() if p.requires_grad], lr=0.05)
     fw2 = attach_fisher(sgd2, clone, warmup=3, lam=0.2)

@@ -1,50 +1,173 @@
-//! A versioned little-endian byte format for [`FisherState`].
+//! The state's one field schema, and the byte format derived from it.
 //!
-//! Layout (version 1): magic `FWLS`, u16 version, f64 alpha, u64 warmup, f64 lam,
-//! u8 normalization, u8 schedule, u64 ramp_steps, u64 refresh_every, u64 M, u64 step,
-//! u64 skipped, u8 has_importance, M × f64 fisher, [M × f64 importance].
-//! Decoding checks every length before reading and validates the result through
-//! [`FisherState::from_parts`], so corrupt or truncated input is an error, never a panic.
+//! [`SCHEMA`] lists every field of a [`FisherCore`] with its kind, in order; [`to_fields`]
+//! and [`from_fields`] convert a state to and from those values (the latter validates through
+//! [`FisherCore::from_parts`]). Two forms are derived from the schema and nothing else:
+//! * bytes (here): magic `FWLS`, u16 version, then each field in schema order, little-endian
+//!   (u64, f64, enums as a u8 code, `fisher` as M × f64, `importance` as a u8 flag and
+//!   M × f64). Decoding checks every length before reading, so corrupt or truncated input is
+//!   an error, never a panic.
+//! * the Python dict (the binding): field name → int, float, str, list or None.
 
 use super::config::{Config, Normalization, Schedule};
 use super::error::CoreError;
-use super::state::{FisherState, StateParts};
+use super::state::{FisherCore, StateParts};
 
 const MAGIC: &[u8; 4] = b"FWLS";
-const VERSION: u16 = 1;
+/// Version 2: fields in schema order; `step` counts every optimizer step (version 1 stopped
+/// counting at the warm-up's end and is refused).
+pub const VERSION: u16 = 2;
 
-pub fn encode(state: &FisherState) -> Vec<u8> {
+/// What a field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    U64,
+    F64,
+    Normalization,
+    Schedule,
+    /// M floats (M is the `num_matrices` field, which comes first).
+    F64s,
+    /// None or M floats.
+    OptF64s,
+}
+
+/// A field's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U64(u64),
+    F64(f64),
+    Normalization(Normalization),
+    Schedule(&'static str),
+    F64s(Vec<f64>),
+    OptF64s(Option<Vec<f64>>),
+}
+
+/// Every field of a state, in order. `num_matrices` is first so readers know M.
+pub const SCHEMA: [(&str, Kind); 12] = [
+    ("num_matrices", Kind::U64),
+    ("alpha", Kind::F64),
+    ("warmup", Kind::U64),
+    ("lam", Kind::F64),
+    ("normalization", Kind::Normalization),
+    ("schedule", Kind::Schedule),
+    ("ramp_steps", Kind::U64),
+    ("refresh_every", Kind::U64),
+    ("step", Kind::U64),
+    ("skipped", Kind::U64),
+    ("fisher", Kind::F64s),
+    ("importance", Kind::OptF64s),
+];
+
+pub fn to_fields(state: &FisherCore) -> Vec<(&'static str, Value)> {
     let c = state.config();
+    let values = [
+        Value::U64(state.num_matrices() as u64),
+        Value::F64(c.alpha),
+        Value::U64(c.warmup),
+        Value::F64(c.lam),
+        Value::Normalization(c.normalization),
+        Value::Schedule(c.schedule.name()),
+        Value::U64(c.schedule.ramp_steps()),
+        Value::U64(c.refresh_every),
+        Value::U64(state.step()),
+        Value::U64(state.skipped()),
+        Value::F64s(state.fisher().to_vec()),
+        Value::OptF64s(state.importance().map(<[f64]>::to_vec)),
+    ];
+    SCHEMA.iter().map(|(name, _)| *name).zip(values).collect()
+}
+
+/// A state from its fields; `get(name, kind)` supplies each one, in schema order.
+pub fn from_fields(
+    mut get: impl FnMut(&'static str, Kind) -> Result<Value, CoreError>,
+) -> Result<FisherCore, CoreError> {
+    fn wrong(name: &str, kind: Kind) -> CoreError {
+        CoreError::arg(
+            "state",
+            format!("field {name:?}: expected a value of kind {kind:?}"),
+        )
+    }
+    macro_rules! field {
+        ($name:literal, $kind:ident) => {
+            match get($name, Kind::$kind)? {
+                Value::$kind(v) => v,
+                _ => return Err(wrong($name, Kind::$kind)),
+            }
+        };
+    }
+    let m = field!("num_matrices", U64);
+    let alpha = field!("alpha", F64);
+    let warmup = field!("warmup", U64);
+    let lam = field!("lam", F64);
+    let normalization = field!("normalization", Normalization);
+    let schedule = field!("schedule", Schedule);
+    let ramp_steps = field!("ramp_steps", U64);
+    let refresh_every = field!("refresh_every", U64);
+    let step = field!("step", U64);
+    let skipped = field!("skipped", U64);
+    let fisher = field!("fisher", F64s);
+    let importance = field!("importance", OptF64s);
+    if fisher.len() as u64 != m {
+        return Err(CoreError::arg(
+            "state",
+            format!("num_matrices={m} but fisher has {} values", fisher.len()),
+        ));
+    }
+    let config = Config {
+        alpha,
+        warmup,
+        lam,
+        normalization,
+        schedule: Schedule::parse(schedule, ramp_steps)?,
+        refresh_every,
+    };
+    FisherCore::from_parts(StateParts {
+        config,
+        fisher,
+        step,
+        skipped,
+        importance,
+    })
+}
+
+pub fn encode(state: &FisherCore) -> Vec<u8> {
     let m = state.num_matrices();
-    let imp = state.importance();
-    let mut out = Vec::with_capacity(72 + 16 * m);
+    let mut out = Vec::with_capacity(96 + 16 * m);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&c.alpha.to_le_bytes());
-    out.extend_from_slice(&c.warmup.to_le_bytes());
-    out.extend_from_slice(&c.lam.to_le_bytes());
-    out.push(c.normalization.code());
-    out.push(match c.schedule {
-        Schedule::Constant => 0,
-        Schedule::Ramp { .. } => 1,
-    });
-    out.extend_from_slice(&c.schedule.ramp_steps().to_le_bytes());
-    out.extend_from_slice(&c.refresh_every.to_le_bytes());
-    out.extend_from_slice(&(m as u64).to_le_bytes());
-    out.extend_from_slice(&state.step().to_le_bytes());
-    out.extend_from_slice(&state.skipped().to_le_bytes());
-    out.push(imp.is_some() as u8);
-    for f in state.fisher() {
-        out.extend_from_slice(&f.to_le_bytes());
-    }
-    for i in imp.unwrap_or(&[]) {
-        out.extend_from_slice(&i.to_le_bytes());
+    for (_, value) in to_fields(state) {
+        match value {
+            Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::Normalization(n) => out.push(n.code()),
+            Value::Schedule(name) => out.push(schedule_code(name)),
+            Value::F64s(v) => v
+                .iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            Value::OptF64s(v) => {
+                out.push(v.is_some() as u8);
+                for x in v.unwrap_or_default() {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
     }
     out
 }
 
+const SCHEDULES: [&str; 2] = ["constant", "ramp"];
+
+fn schedule_code(name: &str) -> u8 {
+    SCHEDULES
+        .iter()
+        .position(|s| *s == name)
+        .expect("a known schedule") as u8
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
+    /// M, once read: bounds every list before anything is allocated.
+    m: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -67,26 +190,61 @@ impl<'a> Reader<'a> {
     fn u8(&mut self, what: &str) -> Result<u8, CoreError> {
         Ok(self.array::<1>(what)?[0])
     }
-    fn u64(&mut self, what: &str) -> Result<u64, CoreError> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-    fn f64(&mut self, what: &str) -> Result<f64, CoreError> {
-        Ok(f64::from_le_bytes(self.array(what)?))
-    }
-    fn f64s(&mut self, n: usize, what: &str) -> Result<Vec<f64>, CoreError> {
-        let bytes = n
+    fn f64s(&mut self, what: &str) -> Result<Vec<f64>, CoreError> {
+        let bytes = self
+            .m
             .checked_mul(8)
-            .ok_or_else(|| CoreError::Decode(format!("{what}: length {n} overflows")))?;
+            .ok_or_else(|| CoreError::Decode(format!("{what}: length {} overflows", self.m)))?;
         Ok(self
             .take(bytes, what)?
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("chunks of 8")))
             .collect())
     }
+    fn value(&mut self, name: &'static str, kind: Kind) -> Result<Value, CoreError> {
+        Ok(match kind {
+            Kind::U64 => {
+                let v = u64::from_le_bytes(self.array(name)?);
+                if name == "num_matrices" {
+                    // Bound M by what is left before allocating anything.
+                    if v > (self.buf.len() / 8) as u64 {
+                        return Err(CoreError::Decode(format!(
+                            "truncated: {v} matrices need {} byte(s), {} left",
+                            (v as u128) * 8,
+                            self.buf.len()
+                        )));
+                    }
+                    self.m = v as usize;
+                }
+                Value::U64(v)
+            }
+            Kind::F64 => Value::F64(f64::from_le_bytes(self.array(name)?)),
+            Kind::Normalization => {
+                let code = self.u8(name)?;
+                Value::Normalization(Normalization::from_code(code).ok_or_else(|| {
+                    CoreError::Decode(format!("unknown normalization code {code}"))
+                })?)
+            }
+            Kind::Schedule => {
+                let code = self.u8(name)?;
+                Value::Schedule(
+                    SCHEDULES.get(code as usize).copied().ok_or_else(|| {
+                        CoreError::Decode(format!("unknown schedule code {code}"))
+                    })?,
+                )
+            }
+            Kind::F64s => Value::F64s(self.f64s(name)?),
+            Kind::OptF64s => match self.u8(name)? {
+                0 => Value::OptF64s(None),
+                1 => Value::OptF64s(Some(self.f64s(name)?)),
+                c => return Err(CoreError::Decode(format!("bad {name} flag {c}"))),
+            },
+        })
+    }
 }
 
-pub fn decode(bytes: &[u8]) -> Result<FisherState, CoreError> {
-    let mut r = Reader { buf: bytes };
+pub fn decode(bytes: &[u8]) -> Result<FisherCore, CoreError> {
+    let mut r = Reader { buf: bytes, m: 0 };
     if r.take(4, "magic")? != MAGIC {
         return Err(CoreError::Decode("not an FW-LoRA state (bad magic)".into()));
     }
@@ -96,66 +254,22 @@ pub fn decode(bytes: &[u8]) -> Result<FisherState, CoreError> {
             "unsupported format version {version} (this build reads {VERSION})"
         )));
     }
-    let alpha = r.f64("alpha")?;
-    let warmup = r.u64("warmup")?;
-    let lam = r.f64("lam")?;
-    let norm_code = r.u8("normalization")?;
-    let normalization = Normalization::from_code(norm_code)
-        .ok_or_else(|| CoreError::Decode(format!("unknown normalization code {norm_code}")))?;
-    let sched_code = r.u8("schedule")?;
-    let ramp_steps = r.u64("ramp_steps")?;
-    let schedule = match sched_code {
-        0 => Schedule::Constant,
-        1 => Schedule::Ramp { steps: ramp_steps },
-        c => return Err(CoreError::Decode(format!("unknown schedule code {c}"))),
-    };
-    let refresh_every = r.u64("refresh_every")?;
-    let m = r.u64("num_matrices")?;
-    let step = r.u64("step")?;
-    let skipped = r.u64("skipped")?;
-    let has_importance = match r.u8("has_importance")? {
-        0 => false,
-        1 => true,
-        c => return Err(CoreError::Decode(format!("bad has_importance flag {c}"))),
-    };
-    // Bound M by what is left before allocating anything.
-    let per = if has_importance { 16 } else { 8 };
-    if m > (r.buf.len() / per) as u64 {
-        return Err(CoreError::Decode(format!(
-            "truncated: {m} matrices need {} byte(s), {} left",
-            (m as u128) * per as u128,
-            r.buf.len()
-        )));
+    let mut reader_error = None;
+    let state = from_fields(|name, kind| {
+        r.value(name, kind)
+            .inspect_err(|e| reader_error = Some(e.clone()))
+    });
+    if let Some(e) = reader_error {
+        return Err(e);
     }
-    let m = m as usize;
-    let fisher = r.f64s(m, "fisher")?;
-    let importance = if has_importance {
-        Some(r.f64s(m, "importance")?)
-    } else {
-        None
-    };
+    let state = state.map_err(|e| CoreError::Decode(e.to_string()))?;
     if !r.buf.is_empty() {
         return Err(CoreError::Decode(format!(
             "{} trailing byte(s) after the state",
             r.buf.len()
         )));
     }
-    let config = Config {
-        alpha,
-        warmup,
-        lam,
-        normalization,
-        schedule,
-        refresh_every,
-    };
-    FisherState::from_parts(StateParts {
-        config,
-        fisher,
-        step,
-        skipped,
-        importance,
-    })
-    .map_err(|e| CoreError::Decode(e.to_string()))
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -163,8 +277,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample() -> FisherState {
-        let mut s = FisherState::new(
+    fn sample() -> FisherCore {
+        let mut s = FisherCore::new(
             3,
             Config {
                 warmup: 2,
@@ -181,8 +295,33 @@ mod tests {
     fn round_trip() {
         let s = sample();
         assert_eq!(decode(&encode(&s)).unwrap(), s);
-        let fresh = FisherState::new(5, Config::default()).unwrap();
+        let fresh = FisherCore::new(5, Config::default()).unwrap();
         assert_eq!(decode(&encode(&fresh)).unwrap(), fresh);
+    }
+
+    #[test]
+    fn fields_round_trip_and_name_the_schema() {
+        let s = sample();
+        let fields = to_fields(&s);
+        let names: Vec<&str> = fields.iter().map(|(n, _)| *n).collect();
+        let schema: Vec<&str> = SCHEMA.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, schema);
+        let mut map: std::collections::HashMap<&str, Value> = fields.into_iter().collect();
+        let back = from_fields(|name, _kind| Ok(map.remove(name).expect("every field"))).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn fields_of_the_wrong_kind_are_refused() {
+        let fields = to_fields(&sample());
+        let r = from_fields(|name, _| {
+            if name == "step" {
+                Ok(Value::F64(1.0))
+            } else {
+                Ok(fields.iter().find(|(n, _)| *n == name).unwrap().1.clone())
+            }
+        });
+        assert!(r.is_err());
     }
 
     #[test]
@@ -199,8 +338,8 @@ mod tests {
     #[test]
     fn huge_length_is_refused_without_allocating() {
         let mut bytes = encode(&sample());
-        // M sits after magic(4) version(2) alpha(8) warmup(8) lam(8) codes(2) ramp(8) refresh(8).
-        let at = 4 + 2 + 8 + 8 + 8 + 2 + 8 + 8;
+        // M sits after magic(4) version(2), then the schema's first field.
+        let at = 4 + 2;
         bytes[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(matches!(decode(&bytes), Err(CoreError::Decode(_))));
     }
@@ -226,7 +365,7 @@ mod tests {
             rows in proptest::collection::vec(proptest::collection::vec(0.0f64..1e6, 4), 1..20)
         ) {
             let config = Config { warmup: 50, ..Config::default() };
-            let mut a = FisherState::new(4, config).unwrap();
+            let mut a = FisherCore::new(4, config).unwrap();
             let mut b = a.clone();
             let flat: Vec<f64> = rows.iter().flatten().copied().collect();
             a.observe_batch(&flat, rows.len()).unwrap();

@@ -11,26 +11,35 @@ pub enum Normalization {
     /// I_m = F_m / max_k F_k; all ones when max F = 0. 1 − I spans [0, 1]: the most
     /// important matrix is unpenalised and the least important gets the full λ.
     Max,
+    /// The control: I_m = 1/M whatever F is. The same penalty path and the same total
+    /// weight Σ(1 − I_m) = M − 1 as `Sum`, without the Fisher information ("l2-lora").
+    Uniform,
 }
 
 impl Normalization {
-    pub const NAMES: [&'static str; 2] = ["sum", "max"];
+    pub const ALL: [Normalization; 3] = [
+        Normalization::Sum,
+        Normalization::Max,
+        Normalization::Uniform,
+    ];
 
     pub fn parse(name: &str) -> Result<Self, CoreError> {
-        match name {
-            "sum" => Ok(Normalization::Sum),
-            "max" => Ok(Normalization::Max),
-            other => Err(CoreError::arg(
-                "normalization",
-                format!("expected one of \"sum\", \"max\", got {other:?}"),
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|n| n.name() == name)
+            .ok_or_else(|| {
+                CoreError::arg(
+                    "normalization",
+                    format!("expected one of \"sum\", \"max\", \"uniform\", got {name:?}"),
+                )
+            })
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Normalization::Sum => "sum",
             Normalization::Max => "max",
+            Normalization::Uniform => "uniform",
         }
     }
 
@@ -38,15 +47,12 @@ impl Normalization {
         match self {
             Normalization::Sum => 0,
             Normalization::Max => 1,
+            Normalization::Uniform => 2,
         }
     }
 
     pub(crate) fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(Normalization::Sum),
-            1 => Some(Normalization::Max),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|n| n.code() == code)
     }
 }
 

@@ -4,7 +4,8 @@
 //!   and their validation.
 //! * `normalize` — turning Fisher scores into importances.
 //! * `state` — the Fisher EMA, step counter, phase, frozen importances, penalty factors.
-//! * `codec` — a versioned, bounds-checked byte format for the whole state.
+//! * `codec` — the state's one field schema, and the versioned, bounds-checked byte format
+//!   derived from it (the binding derives its dict form from the same schema).
 
 pub mod codec;
 pub mod config;
@@ -14,4 +15,4 @@ pub mod state;
 
 pub use config::{Config, Normalization, Schedule};
 pub use error::CoreError;
-pub use state::{FisherState, Phase, StateParts};
+pub use state::{FisherCore, Phase, StateParts};

@@ -10,16 +10,13 @@ use super::config::Normalization;
 pub fn importances(fisher: &[f64], mode: Normalization) -> Vec<f64> {
     let n = fisher.len();
     let max = fisher.iter().copied().fold(0.0_f64, f64::max);
-    if max <= 0.0 {
-        // No signal at all: every matrix is equally important.
-        let value = match mode {
-            Normalization::Sum => 1.0 / n as f64,
-            Normalization::Max => 1.0,
-        };
-        return vec![value; n];
-    }
     let scaled = fisher.iter().map(|&f| f / max);
     match mode {
+        // The control: no Fisher information at all.
+        Normalization::Uniform => vec![1.0 / n as f64; n],
+        // No signal at all: every matrix is equally important.
+        Normalization::Sum if max <= 0.0 => vec![1.0 / n as f64; n],
+        Normalization::Max if max <= 0.0 => vec![1.0; n],
         Normalization::Max => scaled.collect(),
         Normalization::Sum => {
             let scaled: Vec<f64> = scaled.collect();
@@ -49,6 +46,14 @@ mod tests {
     fn zero_scores_are_uniform() {
         assert_eq!(importances(&[0.0; 4], Normalization::Sum), vec![0.25; 4]);
         assert_eq!(importances(&[0.0; 4], Normalization::Max), vec![1.0; 4]);
+    }
+
+    #[test]
+    fn uniform_mode_ignores_the_scores() {
+        let i = importances(&[1.0, 4.0, 0.0, 3.0], Normalization::Uniform);
+        assert_eq!(i, vec![0.25; 4]);
+        let total: f64 = i.iter().map(|x| 1.0 - x).sum();
+        assert!((total - 3.0).abs() < 1e-15, "Σ(1 − I) = M − 1");
     }
 
     #[test]

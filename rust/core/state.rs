@@ -4,13 +4,16 @@ use super::config::Config;
 use super::error::CoreError;
 use super::normalize::importances;
 
-/// Where training is with respect to the warm-up.
+/// Where training is with respect to the warm-up. The core is the only judge of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     /// Steps 1..=K: observing, no penalty.
     Warmup,
-    /// After step K: importances fixed (or refreshed every `refresh_every` steps).
+    /// After step K with `refresh_every = 0` (the paper): importances fixed, no observation.
     Frozen,
+    /// After step K with `refresh_every = N`: still observing, importances recomputed every
+    /// N steps.
+    Refreshing,
 }
 
 impl Phase {
@@ -18,11 +21,17 @@ impl Phase {
         match self {
             Phase::Warmup => "warmup",
             Phase::Frozen => "frozen",
+            Phase::Refreshing => "refreshing",
         }
+    }
+
+    /// Whether every optimizer step of this phase brings an observation.
+    pub fn observing(self) -> bool {
+        !matches!(self, Phase::Frozen)
     }
 }
 
-/// Every field of a state, for (de)serialisation. [`FisherState::from_parts`] validates it.
+/// Every field of a state, for (de)serialisation. [`FisherCore::from_parts`] validates it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateParts {
     pub config: Config,
@@ -32,16 +41,18 @@ pub struct StateParts {
     pub importance: Option<Vec<f64>>,
 }
 
-/// Fisher EMA state of M matrices.
+/// Fisher EMA state of M matrices, and the optimizer's step counter.
 ///
-/// Each observation is one optimizer step: the step counter advances and, when every value
-/// is finite, F ← α·F + (1 − α)·g. An observation holding NaN or ±inf is *skipped and
+/// Every optimizer step reaches the core once: as an observation while the phase is
+/// observing (warm-up, refreshing), through [`advance`](Self::advance) once frozen. So
+/// `step` is the number of optimizer steps taken. Each observation advances the step and,
+/// when every value is finite, F ← α·F + (1 − α)·g. An observation holding NaN or ±inf is *skipped and
 /// counted* (`skipped`): the step still advances, F is untouched, so one overflowing batch
 /// cannot poison the scores. Negative values are errors (squared norms cannot be negative).
 /// Right after step K the importances are computed and frozen; with `refresh_every = N`
 /// observation goes on and they are recomputed at steps K + N, K + 2N, ...
 #[derive(Debug, Clone, PartialEq)]
-pub struct FisherState {
+pub struct FisherCore {
     config: Config,
     fisher: Vec<f64>,
     step: u64,
@@ -49,7 +60,7 @@ pub struct FisherState {
     importance: Option<Vec<f64>>,
 }
 
-impl FisherState {
+impl FisherCore {
     pub fn new(num_matrices: usize, config: Config) -> Result<Self, CoreError> {
         if num_matrices == 0 {
             return Err(CoreError::arg(
@@ -58,7 +69,7 @@ impl FisherState {
             ));
         }
         config.validate()?;
-        Ok(FisherState {
+        Ok(FisherCore {
             config,
             fisher: vec![0.0; num_matrices],
             step: 0,
@@ -131,7 +142,7 @@ impl FisherState {
                 ))
             }
         }
-        Ok(FisherState {
+        Ok(FisherCore {
             config,
             fisher,
             step,
@@ -171,20 +182,42 @@ impl FisherState {
         self.importance.as_deref()
     }
     pub fn phase(&self) -> Phase {
-        if self.importance.is_some() {
-            Phase::Frozen
-        } else {
-            Phase::Warmup
+        match (&self.importance, self.config.refresh_every) {
+            (None, _) => Phase::Warmup,
+            (Some(_), 0) => Phase::Frozen,
+            (Some(_), _) => Phase::Refreshing,
         }
     }
 
-    /// How many more observations the state accepts (None: unbounded, refresh mode).
-    pub fn remaining_observations(&self) -> Option<u64> {
-        if self.config.refresh_every > 0 {
-            None
-        } else {
-            Some(self.config.warmup.saturating_sub(self.step))
+    /// Observations until the core next (re)computes the importances: K − step in warm-up,
+    /// the steps to the next refresh when refreshing, None once frozen for good.
+    pub fn steps_until_update(&self) -> Option<u64> {
+        let k = self.config.warmup;
+        let n = self.config.refresh_every;
+        match self.phase() {
+            Phase::Warmup => Some(k - self.step),
+            Phase::Refreshing => Some(n - (self.step - k) % n),
+            Phase::Frozen => None,
         }
+    }
+
+    /// Counts `steps` optimizer steps that bring no observation: only once frozen for good
+    /// (observing phases need every step's statistics). Returns the new step.
+    pub fn advance(&mut self, steps: u64) -> Result<u64, CoreError> {
+        if self.phase().observing() {
+            return Err(CoreError::arg(
+                "steps",
+                format!(
+                    "the phase is {:?} (step {}): every step needs an observation, not advance()",
+                    self.phase().name(),
+                    self.step
+                ),
+            ));
+        }
+        self.step = self.step.checked_add(steps).ok_or_else(|| {
+            CoreError::arg("steps", format!("step {} + {steps} overflows", self.step))
+        })?;
+        Ok(self.step)
     }
 
     /// One optimizer step's squared gradient norms. Returns false when skipped (non-finite).
@@ -207,13 +240,25 @@ impl FisherState {
                 ),
             ));
         }
-        if let Some(bad) = g.iter().find(|v| **v < 0.0) {
+        // −inf, like +inf and NaN, is a non-finite statistic: skipped below, not an error.
+        if let Some(bad) = g.iter().find(|v| **v < 0.0 && v.is_finite()) {
             return Err(CoreError::arg(
                 "g",
                 format!("expected squared norms >= 0, found {bad}"),
             ));
         }
-        if let Some(remaining) = self.remaining_observations() {
+        if self.phase() == Phase::Frozen {
+            return Err(CoreError::arg(
+                "g",
+                format!(
+                    "{steps} observation(s) after warm-up (step {} of warmup {}); importances \
+                     are frozen unless refresh_every > 0",
+                    self.step, self.config.warmup
+                ),
+            ));
+        }
+        if self.phase() == Phase::Warmup && self.config.refresh_every == 0 {
+            let remaining = self.config.warmup - self.step;
             if steps as u64 > remaining {
                 return Err(CoreError::arg(
                     "g",
@@ -280,7 +325,7 @@ impl FisherState {
     }
 
     /// Replaces this state by `other`, refusing one for a different number of matrices.
-    pub fn load(&mut self, other: FisherState) -> Result<(), CoreError> {
+    pub fn load(&mut self, other: FisherCore) -> Result<(), CoreError> {
         if other.num_matrices() != self.num_matrices() {
             return Err(CoreError::arg(
                 "state",
@@ -310,7 +355,7 @@ mod tests {
 
     #[test]
     fn ema_follows_the_update_rule() {
-        let mut s = FisherState::new(2, cfg(10)).unwrap();
+        let mut s = FisherCore::new(2, cfg(10)).unwrap();
         s.observe(&[1.0, 2.0]).unwrap();
         s.observe(&[3.0, 0.0]).unwrap();
         let a: f64 = 0.98;
@@ -325,7 +370,7 @@ mod tests {
 
     #[test]
     fn freezes_right_after_step_k() {
-        let mut s = FisherState::new(2, cfg(2)).unwrap();
+        let mut s = FisherCore::new(2, cfg(2)).unwrap();
         s.observe(&[1.0, 3.0]).unwrap();
         assert!(s.importance().is_none());
         s.observe(&[1.0, 3.0]).unwrap();
@@ -341,7 +386,7 @@ mod tests {
 
     #[test]
     fn non_finite_is_skipped_and_counted() {
-        let mut s = FisherState::new(2, cfg(5)).unwrap();
+        let mut s = FisherCore::new(2, cfg(5)).unwrap();
         s.observe(&[1.0, 1.0]).unwrap();
         let f = s.fisher().to_vec();
         assert!(!s.observe(&[f64::NAN, 1.0]).unwrap());
@@ -352,7 +397,7 @@ mod tests {
 
     #[test]
     fn rejected_input_changes_nothing() {
-        let mut s = FisherState::new(3, cfg(5)).unwrap();
+        let mut s = FisherCore::new(3, cfg(5)).unwrap();
         s.observe(&[1.0, 2.0, 3.0]).unwrap();
         let before = s.clone();
         assert!(s.observe(&[1.0, 2.0]).is_err());
@@ -370,7 +415,7 @@ mod tests {
             normalization: Normalization::Max,
             ..Config::default()
         };
-        let mut s = FisherState::new(2, config).unwrap();
+        let mut s = FisherCore::new(2, config).unwrap();
         s.observe(&[1.0, 2.0]).unwrap();
         assert_eq!(s.schedule_scale(1), 0.0);
         assert_eq!(s.schedule_scale(2), 0.25);
@@ -387,7 +432,7 @@ mod tests {
             refresh_every: 2,
             ..Config::default()
         };
-        let mut s = FisherState::new(2, config).unwrap();
+        let mut s = FisherCore::new(2, config).unwrap();
         s.observe_batch(&[1.0, 1.0, 1.0, 1.0], 2).unwrap();
         assert_eq!(s.importance().unwrap(), &[0.5, 0.5]);
         s.observe(&[0.0, 100.0]).unwrap();
@@ -395,6 +440,45 @@ mod tests {
         s.observe(&[0.0, 100.0]).unwrap();
         let imp = s.importance().unwrap();
         assert!(imp[1] > imp[0], "{imp:?}");
+    }
+
+    #[test]
+    fn the_core_counts_every_optimizer_step() {
+        let mut s = FisherCore::new(2, cfg(2)).unwrap();
+        assert_eq!(s.steps_until_update(), Some(2));
+        assert!(s.advance(1).is_err(), "warm-up steps need observations");
+        s.observe(&[1.0, 1.0]).unwrap();
+        assert_eq!(s.steps_until_update(), Some(1));
+        s.observe(&[1.0, 3.0]).unwrap();
+        assert_eq!((s.phase(), s.steps_until_update()), (Phase::Frozen, None));
+        assert_eq!(s.advance(3).unwrap(), 5);
+        assert_eq!(s.step(), 5);
+        assert!(s.observe(&[1.0, 1.0]).is_err());
+        assert_eq!(s.step(), 5);
+    }
+
+    #[test]
+    fn refreshing_is_its_own_phase() {
+        let config = Config {
+            warmup: 2,
+            refresh_every: 3,
+            ..Config::default()
+        };
+        let mut s = FisherCore::new(1, config).unwrap();
+        s.observe_batch(&[1.0, 1.0], 2).unwrap();
+        assert_eq!(s.phase(), Phase::Refreshing);
+        assert_eq!(s.steps_until_update(), Some(3));
+        s.observe(&[1.0]).unwrap();
+        assert_eq!(s.steps_until_update(), Some(2));
+        assert!(s.advance(1).is_err(), "refreshing steps need observations");
+    }
+
+    #[test]
+    fn negative_infinity_is_skipped_like_other_non_finite_values() {
+        let mut s = FisherCore::new(2, cfg(5)).unwrap();
+        assert!(!s.observe(&[f64::NEG_INFINITY, 1.0]).unwrap());
+        assert_eq!((s.step(), s.skipped()), (1, 1));
+        assert!(s.observe(&[-1.0, 1.0]).is_err());
     }
 
     #[test]
@@ -413,15 +497,15 @@ mod tests {
                 lam,
                 ..Config::default()
             };
-            assert!(FisherState::new(1, c).is_err(), "{c:?}");
+            assert!(FisherCore::new(1, c).is_err(), "{c:?}");
         }
-        assert!(FisherState::new(0, Config::default()).is_err());
+        assert!(FisherCore::new(0, Config::default()).is_err());
     }
 
     #[test]
     fn load_refuses_other_size() {
-        let mut a = FisherState::new(2, cfg(3)).unwrap();
-        let b = FisherState::new(3, cfg(3)).unwrap();
+        let mut a = FisherCore::new(2, cfg(3)).unwrap();
+        let b = FisherCore::new(3, cfg(3)).unwrap();
         let before = a.clone();
         assert!(a.load(b).is_err());
         assert_eq!(a, before);

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from fwlora.optim.weighting import STATE_KEY, FisherWeighting, _check_number
+from fwlora.optim.checkpoint import STATE_KEY, require_entry
+from fwlora.optim.options import DEFAULTS, FisherOptions
+from fwlora.optim.weighting import FisherWeighting
 
 
 def adamw_param_groups(model: nn.Module, weight_decay: float = 1e-2) -> list[dict[str, Any]]:
@@ -16,7 +20,8 @@ def adamw_param_groups(model: nn.Module, weight_decay: float = 1e-2) -> list[dic
 
     The same grouping serves the plain-LoRA baseline, so runs differ only in FW-LoRA.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
@@ -26,13 +31,25 @@ def adamw_param_groups(model: nn.Module, weight_decay: float = 1e-2) -> list[dic
     return groups
 
 
-def _plain_adamw_step():
+def _plain_adamw_step() -> Callable[..., Any]:
     # torch wraps `step` of every optimizer class it instantiates with its hook runner;
     # calling that wrapper from our own (also wrapped) step would run user hooks twice.
-    step = torch.optim.AdamW.step
+    step: Any = torch.optim.AdamW.step
     while getattr(step, "hooked", False):
         step = step.__wrapped__
     return step
+
+
+def _check_adamw(*, betas: Any, **numbers: Any) -> None:
+    """AdamW's own checks, with messages that name the argument (torch's say "Invalid ...")."""
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"invalid `{name}`: expected a number >= 0, got {value!r}")
+    if not (isinstance(betas, tuple | list) and len(betas) == 2):
+        raise ValueError(f"invalid `betas`: expected a pair of floats in [0, 1), got {betas!r}")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+            raise ValueError(f"invalid `betas`: expected betas[{i}] in [0, 1), got {beta!r}")
 
 
 class FisherAdamW(torch.optim.AdamW):
@@ -43,11 +60,9 @@ class FisherAdamW(torch.optim.AdamW):
     `alpha`); right after step `warmup` the importances I_m = F_m / Σ F are frozen; later
     steps add the gradient of λ·Σ_m (1 - I_m)·‖ΔW_m‖²_F to the LoRA gradients.
 
-    Args beyond AdamW's (see :class:`fwlora.FisherWeighting` for each): warmup, lam,
-    alpha, normalization ("sum" | "max"), penalty ("coupled" | "decoupled"), estimator
-    ("exact" | "sketch"), sketch_dim, schedule ("constant" | "ramp"), ramp_steps,
-    refresh_every, flush_every, sync_ranks, seed. `params` overrides the default param
-    groups (all trainable parameters, weight decay only where ndim >= 2).
+    The FW-LoRA keywords are the fields of :class:`~fwlora.optim.options.FisherOptions`
+    (defaults and validation live there); AdamW's are validated by AdamW. `params` overrides
+    the default param groups (all trainable parameters, weight decay only where ndim >= 2).
     """
 
     def __init__(
@@ -58,19 +73,20 @@ class FisherAdamW(torch.optim.AdamW):
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         *,
-        warmup: int = 500,
-        lam: float = 1e-4,
-        alpha: float = 0.98,
-        normalization: str = "sum",
-        penalty: str = "coupled",
-        estimator: str = "exact",
-        sketch_dim: int = 8,
-        schedule: str = "constant",
-        ramp_steps: int = 0,
-        refresh_every: int = 0,
-        flush_every: int = 32,
-        sync_ranks: bool = True,
-        seed: int = 0,
+        warmup: int = DEFAULTS.warmup,
+        lam: float = DEFAULTS.lam,
+        alpha: float = DEFAULTS.alpha,
+        normalization: str = DEFAULTS.normalization,
+        penalty: str = DEFAULTS.penalty,
+        estimator: str = DEFAULTS.estimator,
+        sketch_dim: int = DEFAULTS.sketch_dim,
+        schedule: str = DEFAULTS.schedule,
+        ramp_steps: int = DEFAULTS.ramp_steps,
+        refresh_every: int = DEFAULTS.refresh_every,
+        flush_every: int = DEFAULTS.flush_every,
+        sync_ranks: bool = DEFAULTS.sync_ranks,
+        seed: int = DEFAULTS.seed,
+        exclude: tuple[str, ...] = DEFAULTS.exclude,
         params: Any = None,
         amsgrad: bool = False,
         maximize: bool = False,
@@ -81,19 +97,14 @@ class FisherAdamW(torch.optim.AdamW):
         **unknown: Any,
     ) -> None:
         if unknown:
-            allowed = sorted(inspect.signature(FisherAdamW.__init__).parameters)[1:]
+            signature = inspect.signature(FisherAdamW.__init__).parameters
+            allowed = [n for n, p in signature.items() if p.kind != p.VAR_KEYWORD][1:]
             raise ValueError(
                 f"{', '.join(sorted(unknown))}: unknown option(s) for FisherAdamW; "
-                f"expected some of {allowed}"
+                f"expected some of {', '.join(allowed)}"
             )
-        _check_number("lr", lr, minimum=0.0)
-        _check_number("eps", eps, minimum=0.0)
-        _check_number("weight_decay", weight_decay, minimum=0.0)
-        for i, beta in enumerate(betas):
-            if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
-                raise ValueError(f"betas: expected betas[{i}] in [0, 1), got {beta!r}")
-        fisher_weighting = FisherWeighting(
-            model,
+        _check_adamw(lr=lr, eps=eps, weight_decay=weight_decay, betas=betas)
+        options = FisherOptions(
             warmup=warmup,
             lam=lam,
             alpha=alpha,
@@ -107,7 +118,9 @@ class FisherAdamW(torch.optim.AdamW):
             flush_every=flush_every,
             sync_ranks=sync_ranks,
             seed=seed,
+            exclude=exclude,
         )
+        fisher_weighting = FisherWeighting(model, options)
         super().__init__(
             adamw_param_groups(model, weight_decay) if params is None else params,
             lr=lr,
@@ -125,7 +138,7 @@ class FisherAdamW(torch.optim.AdamW):
         self.fisher_weighting = fisher_weighting
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -135,10 +148,10 @@ class FisherAdamW(torch.optim.AdamW):
         self.fisher_weighting.after_step()
         return loss
 
-    # Read-outs ---------------------------------------------------------------
+    # Read-outs (see FisherWeighting) -------------------------------------------
     @property
     def phase(self) -> str:
-        """ "warmup" during steps 1..K, "frozen" after."""
+        """ "warmup" during steps 1..K, then "frozen" ("refreshing" with refresh_every)."""
         return self.fisher_weighting.phase
 
     @property
@@ -151,26 +164,33 @@ class FisherAdamW(torch.optim.AdamW):
         """{module name: F_m}, the current Fisher EMA."""
         return self.fisher_weighting.fisher
 
+    @property
+    def penalty_grad_ratio(self) -> float | None:
+        """‖∇P‖ / ‖∇L_task‖ over the LoRA factors at the latest penalised step."""
+        return self.fisher_weighting.penalty_grad_ratio
+
+    def penalty_grad_ratios(self) -> list[float]:
+        """‖∇P‖ / ‖∇L_task‖ of every penalised step so far."""
+        return self.fisher_weighting.penalty_grad_ratios()
+
     def penalty_value(self) -> torch.Tensor:
         return self.fisher_weighting.penalty_value()
 
-    def export_json(self, path):
-        """Writes phase, step, configuration, F and I per matrix as JSON."""
+    def export_json(self, path: str | Path) -> Path:
+        """Writes phase, step, options, F and I per matrix as JSON."""
         return self.fisher_weighting.export_json(path)
 
-    def use_grad_scaler(self, scaler) -> None:
+    def use_grad_scaler(self, scaler: Any) -> None:
         self.fisher_weighting.use_grad_scaler(scaler)
 
     # State -------------------------------------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state[STATE_KEY] = self.fisher_weighting.state_dict()
         return state
 
-    def load_state_dict(self, state_dict) -> None:
-        if STATE_KEY not in state_dict:
-            raise ValueError(f"state_dict: no {STATE_KEY!r} entry; it was not saved by FisherAdamW")
-        fisher_state = state_dict[STATE_KEY]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        fisher_state = require_entry(state_dict, "FisherAdamW")
         core = self.fisher_weighting.validate_state_dict(fisher_state)
         rest = {k: v for k, v in state_dict.items() if k != STATE_KEY}
         super().load_state_dict(rest)

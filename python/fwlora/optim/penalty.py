@@ -8,8 +8,10 @@ optimizer step is a handful of kernels per distinct shape (3 on roberta-base), n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from fwlora.optim.targets import AdapterMatrix
@@ -47,7 +49,7 @@ class FisherPenalty:
         ]
         self._coef: list[torch.Tensor] | None = None
 
-    def set_factors(self, factors) -> None:
+    def set_factors(self, factors: Sequence[float] | np.ndarray) -> None:
         """f_m per matrix (a sequence of M floats): cached on the device as 2·f·s² per group."""
         self._coef = self._coefficients(factors)
 
@@ -66,7 +68,7 @@ class FisherPenalty:
             coef = self._coef[i] = coef.to(a.device, a.dtype)
         return coef
 
-    def _coefficients(self, factors) -> list[torch.Tensor]:
+    def _coefficients(self, factors: Sequence[float] | np.ndarray) -> list[torch.Tensor]:
         values = torch.as_tensor(factors, dtype=torch.float64)
         return [
             (2.0 * values[g.indices])
@@ -77,10 +79,15 @@ class FisherPenalty:
         ]
 
     @torch.no_grad()
-    def add_gradients(self, scale: float = 1.0) -> None:
-        """grad += scale · ∂P/∂(A, B) for every adapter (a missing grad is created)."""
+    def add_gradients(self, scale: float = 1.0, measure: bool = False) -> torch.Tensor | None:
+        """grad += scale · ∂P/∂(A, B) for every adapter (a missing grad is created).
+
+        With `measure`, returns ‖scale · ∂P/∂(A, B)‖² over all factors as a float64 0-d
+        tensor on the factors' device (no host sync); else None.
+        """
         if self._coef is None:
             raise RuntimeError("FisherPenalty.add_gradients before set_factors")
+        sq_norms = []
         for i, group in enumerate(self.groups):
             a = torch.stack(group.lora_A)  # (n, r, in)
             b = torch.stack(group.lora_B)  # (n, out, r)
@@ -90,11 +97,15 @@ class FisherPenalty:
             # result, two fewer passes over the adapter-sized tensors.
             grad_b = torch.bmm(b, torch.bmm(a, a.mT).mul_(c))
             grad_a = torch.bmm(torch.bmm(b.mT, b).mul_(c), a)
+            if measure:
+                for g in (grad_a, grad_b):
+                    sq_norms.append(torch.linalg.vector_norm(g, dtype=torch.float64).square())
             _accumulate(group.lora_B, grad_b)
             _accumulate(group.lora_A, grad_a)
+        return torch.stack(sq_norms).sum() if measure else None
 
     @torch.no_grad()
-    def value(self, factors=None) -> torch.Tensor:
+    def value(self, factors: Sequence[float] | np.ndarray | None = None) -> torch.Tensor:
         """P = Σ f_m ‖ΔW_m‖²_F as a 0-d tensor (no host sync); `factors` default: the cached."""
         if factors is None and self._coef is None:
             raise RuntimeError("FisherPenalty.value before set_factors")
@@ -118,7 +129,7 @@ class FisherPenalty:
 def _accumulate(params: list[torch.Tensor], grads: torch.Tensor) -> None:
     with_grad = [p for p in params if p.grad is not None]
     if len(with_grad) == len(params):
-        torch._foreach_add_([p.grad for p in params], list(grads.unbind(0)))
+        torch._foreach_add_([p.grad for p in with_grad if p.grad is not None], grads.unbind(0))
         return
     for p, g in zip(params, grads.unbind(0)):
         if p.grad is None:

@@ -7,15 +7,18 @@ Per optimizer step t (1-based):
     hooks are removed (unless `refresh_every` > 0).
   * t > K: before the update, ∂/∂(A, B) of λ·Σ_m (1 - I_m)·‖ΔW_m‖²_F is added to the LoRA
     gradients (``penalty="coupled"``, as if the term were in the loss), or each adapter's
-    decoupled weight decay is scaled by (1 - I_m) (``penalty="decoupled"``, the paper's
-    other reading, AdamW only).
+    decoupled weight decay is scaled by (1 - I_m) (``penalty="decoupled"``, AdamW only).
+
+The Rust core is the one judge of the phase and the one step counter: every step reaches it,
+as an observation while it is observing, through `advance()` once frozen. Observations wait
+on the device and reach the core in batches (every `flush_every` steps, and exactly when the
+core's next update is due), so no warm-up step waits on the device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,13 +28,14 @@ import torch
 from torch import nn
 
 from fwlora._core import FisherCore
+from fwlora.optim.checkpoint import STATE_KEY, check_fisher_state, fisher_state, require_entry
+from fwlora.optim.decoupled import has_decoupled_decay, scale_decoupled_decay
+from fwlora.optim.distributed import mean_over_ranks, refuse_sharding
+from fwlora.optim.options import CORE_OPTIONS, FisherOptions
 from fwlora.optim.penalty import FisherPenalty
 from fwlora.optim.statistics import GradientStatistics
+from fwlora.optim.strength import PenaltyStrength
 from fwlora.optim.targets import find_adapter_matrices
-
-PENALTY_MODES = ("coupled", "decoupled")
-STATE_KEY = "fwlora"
-STATE_FORMAT = 1
 
 
 class FisherWeighting:
@@ -40,59 +44,37 @@ class FisherWeighting:
     Use :class:`fwlora.FisherAdamW` for AdamW, or attach this to any optimizer::
 
         fw = FisherWeighting(model, warmup=500, lam=1e-4).attach(optimizer)
+
+    Options: a :class:`~fwlora.optim.options.FisherOptions`, and/or its fields as keywords.
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        warmup: int = 500,
-        lam: float = 1e-4,
-        alpha: float = 0.98,
-        normalization: str = "sum",
-        penalty: str = "coupled",
-        estimator: str = "exact",
-        sketch_dim: int = 8,
-        schedule: str = "constant",
-        ramp_steps: int = 0,
-        refresh_every: int = 0,
-        flush_every: int = 32,
-        sync_ranks: bool = True,
-        seed: int = 0,
+        self, model: nn.Module, options: FisherOptions | None = None, **overrides: Any
     ) -> None:
-        _check_number("warmup", warmup, integer=True, minimum=1)
-        _check_number("lam", lam, minimum=0.0)
-        _check_number("flush_every", flush_every, integer=True, minimum=1)
-        _check_number("sketch_dim", sketch_dim, integer=True, minimum=1)
-        if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
-            raise ValueError(f"alpha: expected a float strictly between 0 and 1, got {alpha!r}")
-        if penalty not in PENALTY_MODES:
-            raise ValueError(f"penalty: expected one of {PENALTY_MODES}, got {penalty!r}")
+        if options is None:
+            options = FisherOptions.from_kwargs(**overrides)
+        elif overrides:
+            options = FisherOptions.from_kwargs(**{**options.to_dict(), **overrides})
+        self.options = options
         self.matrices = find_adapter_matrices(model)
-        # The core validates the rest (normalization, schedule, ramp_steps, refresh_every).
-        self.core = FisherCore(
-            len(self.matrices),
-            alpha=float(alpha),
-            warmup=int(warmup),
-            lam=float(lam),
-            normalization=normalization,
-            schedule=schedule,
-            ramp_steps=int(ramp_steps),
-            refresh_every=int(refresh_every),
-        )
-        self.penalty_mode = penalty
-        self.flush_every = int(flush_every)
-        self.sync_ranks = sync_ranks
-        self.statistics = GradientStatistics(self.matrices, estimator, int(sketch_dim), seed)
+        self.core = FisherCore(len(self.matrices), **options.core_options())
+        self.statistics = self._new_statistics()
         self.penalty = FisherPenalty(self.matrices)
-        self.step = 0  # optimizer steps taken
+        self.strength = PenaltyStrength()
+        self._factors = [p for m in self.matrices for p in (m.lora_A, m.lora_B)]
         self._rows: list[torch.Tensor] = []  # observed rows not yet in the core
+        self._first_row_checked = False
+        self._decay_weights: list[float] = []
         self._grad_scaler: Any = None
         self._optimizer: torch.optim.Optimizer | None = None
-        self._handles: list = []
+        self._handles: list[Any] = []
         self._pending_load: tuple[dict, FisherCore] | None = None
         self._checked_sharding = False
-        _refuse_sharding(self.matrices)
+        refuse_sharding(self.matrices)
+
+    def _new_statistics(self) -> GradientStatistics:
+        o = self.options
+        return GradientStatistics(self.matrices, o.estimator, o.sketch_dim, o.seed)
 
     @property
     def _device(self) -> torch.device:
@@ -105,7 +87,16 @@ class FisherWeighting:
         return [m.name for m in self.matrices]
 
     @property
+    def step(self) -> int:
+        """Optimizer steps taken: the core's count plus the observations waiting for it."""
+        return self.core.step + len(self._rows)
+
+    @property
     def phase(self) -> str:
+        """ "warmup", "frozen", or "refreshing" (refresh_every > 0, after warm-up).
+
+        Exact without a flush: rows are flushed exactly when the core's update is due.
+        """
         return self.core.phase
 
     @property
@@ -115,6 +106,7 @@ class FisherWeighting:
 
     @property
     def fisher(self) -> dict[str, float]:
+        """F_m per matrix, the Fisher EMA."""
         self.flush()
         return dict(zip(self.names, self.core.fisher.tolist()))
 
@@ -122,6 +114,16 @@ class FisherWeighting:
     def skipped(self) -> int:
         self.flush()
         return self.core.skipped
+
+    @property
+    def penalty_grad_ratio(self) -> float | None:
+        """‖∇P‖ / ‖∇L_task‖ over all LoRA factors at the latest penalised step (None before
+        the first, and with penalty="decoupled", which adds no gradient)."""
+        return self.strength.latest()
+
+    def penalty_grad_ratios(self) -> list[float]:
+        """‖∇P‖ / ‖∇L_task‖ of every penalised step so far (one host transfer)."""
+        return self.strength.history()
 
     def penalty_value(self) -> torch.Tensor:
         """λ·Σ_m (1 - I_m)·‖ΔW_m‖²_F at the current weights (0 during warm-up); no host sync."""
@@ -131,23 +133,13 @@ class FisherWeighting:
         return self.penalty.value(factors)
 
     def summary(self) -> dict[str, Any]:
-        """Phase, step, configuration, F and I per matrix: plain JSON-able values."""
-        core = self.core
+        """Phase, step, options, F and I per matrix: plain JSON-able values."""
         return {
             "phase": self.phase,
             "step": self.step,
             "skipped_observations": self.skipped,
-            "config": {
-                "warmup": core.warmup,
-                "lam": core.lam,
-                "alpha": core.alpha,
-                "normalization": core.normalization,
-                "schedule": core.schedule,
-                "ramp_steps": core.ramp_steps,
-                "refresh_every": core.refresh_every,
-                "penalty": self.penalty_mode,
-                "estimator": self.statistics.estimator,
-            },
+            "options": self.options.to_dict(),
+            "penalty_grad_ratio": self.penalty_grad_ratio,
             "fisher": self.fisher,
             "importance": self.importance,
         }
@@ -186,7 +178,7 @@ class FisherWeighting:
                 f"optimizer: does not update the LoRA factors of {missing[:3]}"
                 f"{' ...' if len(missing) > 3 else ''}; build it from the same model"
             )
-        if self.penalty_mode == "decoupled" and not _decoupled_decay(optimizer):
+        if self.options.penalty == "decoupled" and not has_decoupled_decay(optimizer):
             raise ValueError(
                 'penalty: "decoupled" scales AdamW\'s decoupled weight decay; '
                 f'{type(optimizer).__name__} has none, use penalty="coupled"'
@@ -206,7 +198,9 @@ class FisherWeighting:
         self.statistics.detach()
 
     # ------------------------------------------------------------------ stepping
-    def _pre_step_hook(self, optimizer, args, kwargs) -> None:
+    def _pre_step_hook(
+        self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict[str, Any]
+    ) -> None:
         # accelerate and GradScaler call step(None): a closure passed as None is no closure.
         if any(a is not None for a in args[1:]) or kwargs.get("closure") is not None:
             raise ValueError(
@@ -221,65 +215,65 @@ class FisherWeighting:
         """Adds the penalty for the step about to be taken (nothing during warm-up)."""
         if not self._checked_sharding:
             # FSDP / DeepSpeed wrap the model after the optimizer is built: check once, here.
-            _refuse_sharding(self.matrices, self._optimizer)
+            refuse_sharding(self.matrices, self._optimizer)
             self._checked_sharding = True
-        upcoming = self.step + 1
-        scale = self.core.schedule_scale(upcoming)
+        scale = self.core.schedule_scale(self.step + 1)
         if scale == 0.0:
             return
-        if self.penalty_mode == "coupled":
-            if self.core.lam > 0.0:
-                self.penalty.add_gradients(scale)
-        else:
-            self._scale_decoupled_decay(scale)
+        if self.options.penalty == "decoupled":
+            assert self._optimizer is not None
+            scale_decoupled_decay(self._optimizer, self.matrices, self._decay_weights, scale)
+        elif self.core.lam > 0.0:
+            task_sq = self.strength.grad_sq_norm(self._factors)
+            penalty_sq = self.penalty.add_gradients(scale, measure=True)
+            assert penalty_sq is not None
+            self.strength.record(penalty_sq, task_sq)
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Records this step's statistics; freezes the importances right after step K."""
-        self.step += 1
-        if self.statistics.attached:
-            row = self.statistics.take_row(self._device)
-            scale = getattr(self._grad_scaler, "_scale", None)
-            if scale is not None and self._grad_scaler.is_enabled():
-                row = row / scale.to(row.device, torch.float64).square()
-            self._rows.append(self._mean_over_ranks(row))
-            self.statistics.step = self.step
-            k, refresh = self.core.warmup, self.core.refresh_every
-            boundary = self.step == k or (
-                refresh and self.step > k and (self.step - k) % refresh == 0
+        """Counts the step in the core; while observing, records its statistics."""
+        if not self.core.observing:  # rows never wait past a phase change (see flush)
+            self.core.advance(1)
+            return
+        row = self.statistics.take_row(self._device)
+        scale = getattr(self._grad_scaler, "_scale", None)
+        if scale is not None and self._grad_scaler.is_enabled():
+            row = row / scale.to(row.device, torch.float64).square()
+        row = mean_over_ranks(row, self.options.sync_ranks)
+        if not self._first_row_checked:
+            self._first_row_checked = True
+            self._warn_unobserved(row)
+        self._rows.append(row)
+        self.statistics.step = self.step
+        due = self.core.steps_until_update
+        if len(self._rows) >= min(self.options.flush_every, due if due is not None else 1):
+            self.flush()
+
+    def _warn_unobserved(self, row: torch.Tensor) -> None:
+        """One host sync, at the first observed step: names matrices no statistic reached."""
+        silent = [self.names[i] for i in torch.nonzero(row == 0).flatten().tolist()]
+        if silent:
+            warnings.warn(
+                f"FW-LoRA: no gradient statistic for {len(silent)} of {len(self.names)} LoRA "
+                f"matrices at the first warm-up step ({', '.join(silent[:4])}"
+                f"{', ...' if len(silent) > 4 else ''}): their forward hooks did not run or "
+                "no gradient reached them. If the model was compiled (torch.compile) before "
+                "the optimizer was built, build the optimizer first; if these modules are "
+                "unused, leave them out with exclude=[...]",
+                RuntimeWarning,
+                stacklevel=3,
             )
-            if boundary or (self.step < k and len(self._rows) >= self.flush_every):
-                self.flush()
-
-    def _mean_over_ranks(self, row: torch.Tensor) -> torch.Tensor:
-        """Σ over ranks / world of this step's row (`sync_ranks`, torch.distributed only).
-
-        Done every observed step, inside step() where every rank is, so that flush() (and
-        so state_dict() and the read-outs, which the Trainer calls on rank 0 only) never
-        runs a collective. M floats per warm-up step; asynchronous on NCCL.
-        """
-        if not (
-            self.sync_ranks
-            and torch.distributed.is_available()
-            and torch.distributed.is_initialized()
-        ):
-            return row
-        world = torch.distributed.get_world_size()
-        if world == 1:
-            return row
-        torch.distributed.all_reduce(row)
-        return row / world
 
     def flush(self) -> None:
         """Moves observed rows to the core (one host-device transfer for all of them).
 
-        Rows were already averaged over ranks (see `_mean_over_ranks`): no collective here.
+        Rows were already averaged over ranks (see `mean_over_ranks`): no collective here.
         """
         if not self._rows:
             return
         rows = torch.stack([r.to(self._rows[0].device) for r in self._rows]).to(torch.float64)
         self._rows = []
-        was_frozen = self.core.phase == "frozen"
+        phase = self.core.phase
         before = self.core.skipped
         self.core.observe_batch(rows.cpu().numpy())
         skipped = self.core.skipped - before
@@ -290,12 +284,27 @@ class FisherWeighting:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        if self.core.phase == "frozen" and (not was_frozen or self.core.refresh_every):
+        if self.core.phase != phase:
+            self._warn_zero_fisher()
+        if self.core.phase != phase or self.core.phase == "refreshing":
             self._sync_phase()
 
+    def _warn_zero_fisher(self) -> None:
+        zero = [n for n, f in zip(self.names, self.core.fisher.tolist()) if f == 0.0]
+        if zero:
+            warnings.warn(
+                f"FW-LoRA: importances frozen with F = 0 for {len(zero)} of {len(self.names)} "
+                f"LoRA matrices ({', '.join(zero[:4])}{', ...' if len(zero) > 4 else ''}): "
+                "no warm-up step measured them, so their importance is 0 (or uniform if all "
+                "are 0) and they get the full penalty. Build the optimizer before "
+                "torch.compile, or leave unused modules out with exclude=[...]",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
     def _sync_phase(self) -> None:
-        """Hooks on while observing; factors cached on the device once frozen."""
-        observing = self.core.phase == "warmup" or self.core.refresh_every > 0
+        """Hooks on while observing; factors cached on the device once importances exist."""
+        observing = self.core.observing
         if observing and not self.statistics.attached:
             self.statistics.step = self.step
             self.statistics.attach()
@@ -304,146 +313,60 @@ class FisherWeighting:
         factors = self.core.base_factors()
         if factors is not None:
             self.penalty.set_factors(factors)
-            imp = self.core.importance
-            self._decay_weights = (1.0 - np.asarray(imp)).tolist()
-
-    def _scale_decoupled_decay(self, scale: float) -> None:
-        # AdamW multiplies p by (1 - lr·wd) before its Adam update, which does not read p.
-        # Pre-multiplying by (1 - lr·wd·(1 - I)·scale) / (1 - lr·wd) gives exactly that
-        # decay with wd scaled by (1 - I_m) for this adapter's factors.
-        assert self._optimizer is not None
-        params, ratios = [], []
-        group_of = {id(p): g for g in self._optimizer.param_groups for p in g["params"]}
-        for matrix, weight in zip(self.matrices, self._decay_weights):
-            for p in (matrix.lora_A, matrix.lora_B):
-                group = group_of[id(p)]
-                lr_wd = float(group["lr"]) * float(group["weight_decay"])
-                if lr_wd == 0.0:
-                    continue
-                if lr_wd >= 1.0:
-                    raise ValueError(f"lr * weight_decay = {lr_wd} >= 1: decay would flip signs")
-                params.append(p)
-                ratios.append((1.0 - lr_wd * weight * scale) / (1.0 - lr_wd))
-        if params:
-            torch._foreach_mul_(params, ratios)
+            self._decay_weights = (1.0 - np.asarray(self.core.importance)).tolist()
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         self.flush()
-        return {
-            "format": STATE_FORMAT,
-            "matrices": self.names,
-            "step": self.step,
-            "core": self.core.to_dict(),
-            "penalty": self.penalty_mode,
-            "estimator": self.statistics.estimator,
-        }
+        o = self.options
+        return fisher_state(self.names, self.core, o.penalty, o.estimator)
 
     def validate_state_dict(self, state: Any) -> FisherCore:
         """Checks `state` fits this model; returns the core it holds. Changes nothing."""
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(
-                f"state_dict: expected a FisherWeighting state (format {STATE_FORMAT}), "
-                f"got {type(state).__name__}"
-            )
-        names = state.get("matrices")
-        if names != self.names:
-            ours, theirs = set(self.names), set(names or [])
-            raise ValueError(
-                "state_dict: saved for other LoRA matrices "
-                f"({len(theirs)} vs {len(ours)}; only in saved: {sorted(theirs - ours)[:3]}, "
-                f"only in model: {sorted(ours - theirs)[:3]})"
-            )
-        core = FisherCore.from_dict(state.get("core"))
-        step = state.get("step")
-        if not isinstance(step, int) or step < core.step:
-            raise ValueError(f"state_dict: bad step {step!r} for a core at step {core.step}")
+        core = check_fisher_state(state, self.names)
+        FisherOptions.from_kwargs(
+            **{**self.options.to_dict(), **_saved_options(state, core)}
+        )  # a saved mode this build does not know is refused here, before anything changes
         return core
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        core = self.validate_state_dict(state)
-        self._commit_load(state, core)
+        self._commit_load(state, self.validate_state_dict(state))
 
     def _commit_load(self, state: dict[str, Any], core: FisherCore) -> None:
+        """Adopts the saved core and modes (as torch optimizers adopt saved param groups)."""
         self.core.load(core)
-        self.step = state["step"]
-        self.penalty_mode = state.get("penalty", self.penalty_mode)
+        saved = _saved_options(state, core)
+        estimator_changed = saved["estimator"] != self.options.estimator
+        self.options = dataclasses.replace(self.options, **saved)
         self._rows = []
+        self._first_row_checked = self.core.step > 0
+        if estimator_changed:
+            self.statistics.detach()
+            self.statistics = self._new_statistics()
         self.statistics.reset()
         self.statistics.step = self.step
         self._sync_phase()
 
-    def _state_dict_hook(self, optimizer, state_dict):
+    def _state_dict_hook(
+        self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]
+    ) -> dict[str, Any]:
         state_dict[STATE_KEY] = self.state_dict()
         return state_dict
 
-    def _load_pre_hook(self, optimizer, state_dict):
-        if STATE_KEY not in state_dict:
-            raise ValueError(
-                f"state_dict: no {STATE_KEY!r} entry; it was not saved by an optimizer with "
-                "FW-LoRA attached"
-            )
-        self._pending_load = (
-            state_dict[STATE_KEY],
-            self.validate_state_dict(state_dict[STATE_KEY]),
-        )
+    def _load_pre_hook(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+        entry = require_entry(state_dict, "an optimizer with FW-LoRA attached")
+        self._pending_load = (entry, self.validate_state_dict(entry))
         return None
 
-    def _load_post_hook(self, optimizer):
+    def _load_post_hook(self, optimizer: torch.optim.Optimizer) -> None:
         if self._pending_load is not None:
             state, core = self._pending_load
             self._pending_load = None
             self._commit_load(state, core)
 
 
-def _check_number(name: str, value: Any, *, integer: bool = False, minimum: float) -> None:
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok and not integer:
-        ok = math.isfinite(value)
-    if not ok or value < minimum:
-        what = "an integer" if integer else "a finite number"
-        raise ValueError(f"{name}: expected {what} >= {minimum}, got {value!r}")
-
-
-_TRUE = {"1", "true", "yes", "y", "on"}
-
-
-def _refuse_sharding(matrices, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """ValueError under FSDP or DeepSpeed, whose sharded parameters the hooks cannot see.
-
-    FW-LoRA reads and writes `lora_A/B.grad` of the very parameters it found in the model and
-    keeps their statistics per rank; FSDP (flat or DTensor shards) and DeepSpeed ZeRO (flat
-    fp32 partitions inside its own optimizer) update other tensors. Plain DDP is supported.
-    """
-    hint = (
-        "FW-LoRA supports single-device and DistributedDataParallel training (torchrun, "
-        "accelerate launch without --use_fsdp/--use_deepspeed); LoRA adapters are small, so "
-        "replicate them with DDP instead"
-    )
-    for var, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(var, "").strip().lower() in _TRUE:
-            raise ValueError(f"{name}: not supported ({var} is set). {hint}")
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch built without distributed
-        DTensor = ()
-    for m in matrices:
-        for p in (m.lora_A, m.lora_B):
-            if isinstance(p, DTensor):
-                raise ValueError(f"FSDP: {m.name} holds sharded (DTensor) LoRA factors. {hint}")
-            if hasattr(p, "ds_id") or hasattr(p, "ds_numel"):
-                raise ValueError(f"DeepSpeed: {m.name} holds ZeRO-partitioned factors. {hint}")
-    if optimizer is not None:
-        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
-        if any(id(m.lora_A) not in owned or id(m.lora_B) not in owned for m in matrices):
-            raise ValueError(
-                "optimizer: no longer updates the LoRA factors FW-LoRA found in the model "
-                "(FSDP or DeepSpeed replaced them with flat shards?). " + hint
-            )
-
-
-def _decoupled_decay(optimizer: torch.optim.Optimizer) -> bool:
-    if isinstance(optimizer, torch.optim.AdamW):
-        return True
-    return all(g.get("decoupled_weight_decay", False) for g in optimizer.param_groups)
+def _saved_options(state: dict[str, Any], core: FisherCore) -> dict[str, Any]:
+    saved = {name: getattr(core, name) for name in CORE_OPTIONS}
+    saved["penalty"] = state.get("penalty")
+    saved["estimator"] = state.get("estimator")
+    return saved
