@@ -24,6 +24,7 @@ class ReferenceFWLoRA:
         eps=1e-8,
         weight_decay=1e-2,
         decoupled=False,
+        normalization="sum",
     ):
         self.model = model
         self.layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
@@ -46,6 +47,8 @@ class ReferenceFWLoRA:
         self.opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=False)
         self.weight_decay = weight_decay
         self.warmup, self.lam, self.alpha, self.decoupled = warmup, lam, alpha, decoupled
+        self.normalization = normalization
+        self.ratios: list[float] = []  # ‖∇P‖ / ‖∇L_task‖ over the LoRA factors, per penalised step
         self.F = [0.0] * len(self.layers)
         self.I: list[float] | None = None
         self.t = 0
@@ -57,18 +60,27 @@ class ReferenceFWLoRA:
             w.grad = None
         loss = self.model(**batch).loss
         if self.I is not None and not self.decoupled:
-            penalty = sum(
+            penalty = self.lam * sum(
                 (1.0 - i) * (s * b @ a).pow(2).sum() for i, (a, b, s) in zip(self.I, self.adapters)
             )
-            loss = loss + self.lam * penalty
+            factors = [p for a, b, _ in self.adapters for p in (a, b)]
+            g_task = torch.autograd.grad(loss, factors, retain_graph=True)
+            g_pen = torch.autograd.grad(penalty, factors, retain_graph=True)
+            norm = lambda gs: torch.sqrt(sum(g.double().pow(2).sum() for g in gs))  # noqa: E731
+            self.ratios.append((norm(g_pen) / norm(g_task)).item())
+            loss = loss + penalty
         loss.backward()
         if self.t <= self.warmup:
             g = [w.grad.double().pow(2).sum().item() for w in self.weights]
             self.F = [self.alpha * f + (1 - self.alpha) * gi for f, gi in zip(self.F, g)]
             if self.t == self.warmup:
-                total = sum(self.F)
-                m = len(self.F)
-                self.I = [f / total for f in self.F] if total > 0 else [1.0 / m] * m
+                total, top, m = sum(self.F), max(self.F), len(self.F)
+                if self.normalization == "uniform":
+                    self.I = [1.0 / m] * m
+                elif self.normalization == "max":
+                    self.I = [f / top for f in self.F] if top > 0 else [1.0] * m
+                else:
+                    self.I = [f / total for f in self.F] if total > 0 else [1.0 / m] * m
         for w in self.weights:
             w.grad = None
         self.opt.step()

@@ -86,3 +86,52 @@ def test_fortran_ordered_and_strided_input_is_read_in_logical_order():
     strided.observe(np.array([1.0, 9.0, 0.0])[::2])
     strided.observe(obs[1])
     assert strided == c_core
+
+
+def test_core_counts_every_step_and_judges_the_phase():
+    core = FisherCore(2, warmup=2, refresh_every=0)
+    assert core.observing and core.steps_until_update == 2
+    with pytest.raises(FisherCoreError, match="`steps`"):
+        core.advance()  # warm-up steps need observations
+    core.observe_batch(np.ones((2, 2)))
+    assert core.phase == "frozen" and not core.observing and core.steps_until_update is None
+    assert core.advance() == 3 and core.advance(2) == 5 and core.step == 5
+    refreshing = FisherCore(1, warmup=1, refresh_every=3)
+    refreshing.observe([1.0])
+    assert refreshing.phase == "refreshing" and refreshing.observing
+    assert refreshing.steps_until_update == 3
+
+
+def test_uniform_normalization_ignores_fisher():
+    core = FisherCore(4, warmup=1, lam=1.0, normalization="uniform")
+    core.observe([1.0, 5.0, 0.0, 2.0])
+    np.testing.assert_array_equal(core.importance, [0.25] * 4)
+    np.testing.assert_allclose(core.factors(2), [0.75] * 4)
+    assert FisherCore.from_dict(core.to_dict()) == core
+
+
+def test_defaults_are_the_cores():
+    d = FisherCore.defaults()
+    core = FisherCore(1)
+    assert d == {k: getattr(core, k) for k in d}
+    assert d["warmup"] == 500 and d["lam"] == 1e-4 and d["alpha"] == 0.98
+
+
+def test_bad_numbers_are_the_cores_error():
+    core = FisherCore(2, warmup=3)
+    for call in (lambda: core.factors(-1), lambda: core.schedule_scale(-2)):
+        with pytest.raises(FisherCoreError, match="`step`"):
+            call()
+    with pytest.raises(FisherCoreError, match="bytes"):
+        core.observe(b"\x00" * 16)
+    assert core.step == 0
+
+
+def test_error_pickles_and_old_state_format_is_refused():
+    err = FisherCoreError("invalid `x`: y")
+    clone = pickle.loads(pickle.dumps(err))
+    assert type(clone) is FisherCoreError and str(clone) == str(err)
+    state = FisherCore(2).to_dict()
+    state["format_version"] = 1
+    with pytest.raises(FisherCoreError, match="format_version 1"):
+        FisherCore.from_dict(state)

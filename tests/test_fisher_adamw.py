@@ -80,6 +80,47 @@ def test_matches_literal_reference(warmup, lam):
             assert opt.importance is None
 
 
+@pytest.mark.parametrize("normalization", ["uniform", "max"])
+def test_other_normalizations_match_literal_reference(normalization):
+    """ "uniform" (I = 1/M, the L2 control) and "max" through the same penalty path."""
+    data = batches(5)
+    ours, theirs = tiny_lora_model(seed=4), tiny_lora_model(seed=4)
+    kw = {"lr": 5e-3, "weight_decay": 0.01, "warmup": 2, "lam": 0.3, "alpha": 0.9}
+    opt = FisherAdamW(ours, normalization=normalization, **kw)
+    ref = ReferenceFWLoRA(theirs, normalization=normalization, **kw)
+    for batch in data:
+        opt.zero_grad()
+        loss_of(ours, batch).backward()
+        opt.step()
+        ref.step(batch)
+        _assert_params_close(ours, theirs)
+    assert opt.importance == pytest.approx(ref.importance(), rel=1e-10)
+    m = len(opt.importance)
+    if normalization == "uniform":
+        assert set(opt.importance.values()) == {1.0 / m}
+        assert sum(1 - i for i in opt.importance.values()) == pytest.approx(m - 1)
+
+
+def test_penalty_grad_ratio_matches_autograd():
+    """‖∇P‖ / ‖∇L_task‖ over the LoRA factors, each penalised step, against autograd."""
+    data = batches(6)
+    ours, theirs = tiny_lora_model(seed=6), tiny_lora_model(seed=6)
+    kw = {"lr": 5e-3, "weight_decay": 0.01, "warmup": 2, "lam": 0.05}
+    opt = FisherAdamW(ours, **kw)
+    ref = ReferenceFWLoRA(theirs, **kw)
+    for t, batch in enumerate(data, start=1):
+        opt.zero_grad()
+        loss_of(ours, batch).backward()
+        opt.step()
+        ref.step(batch)
+        if t <= 2:
+            assert opt.penalty_grad_ratio is None and opt.penalty_grad_ratios() == []
+    assert len(ref.ratios) == 4
+    assert opt.penalty_grad_ratios() == pytest.approx(ref.ratios, rel=1e-9)
+    assert opt.penalty_grad_ratio == pytest.approx(ref.ratios[-1], rel=1e-9)
+    assert all(r > 0 for r in ref.ratios)
+
+
 def test_decoupled_reading_matches_reference():
     data = batches(6)
     ours, theirs = tiny_lora_model(seed=5), tiny_lora_model(seed=5)
