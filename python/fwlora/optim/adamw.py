@@ -148,6 +148,12 @@ class FisherAdamW(torch.optim.AdamW):
         self.fisher_weighting.after_step()
         return loss
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        # Statistics of a step the optimizer never took (e.g. skipped by a GradScaler) must
+        # not leak into the next one, whichever way the gradients are cleared.
+        super().zero_grad(set_to_none)
+        self.fisher_weighting.statistics.reset()
+
     # Read-outs (see FisherWeighting) -------------------------------------------
     @property
     def phase(self) -> str:

@@ -4,16 +4,29 @@ Never forms ΔW: with the r × r Gram matrices,
     ‖ΔW‖²_F = s²·⟨BᵀB, A Aᵀ⟩,   ∂P/∂B = 2 f s² · B (A Aᵀ),   ∂P/∂A = 2 f s² · (BᵀB) A.
 Matrices of equal shape are stacked and handled by one batched matmul each, so the cost per
 optimizer step is a handful of kernels per distinct shape (3 on roberta-base), not per matrix.
+
+FSDP2 (factors are DTensors, sharded on dim 0: A on its rank dim r, B on out): per shape group,
+each rank stacks its local shards and needs only the full r × r Gram matrices:
+  * BᵀB = Σ_ranks B_localᵀ B_local: one all-reduce of n·r·r floats (B sharded along out, the
+    dimension BᵀB sums over); ∂P/∂B = c·B_local (A Aᵀ) is then local;
+  * A Aᵀ needs whole rows of A: one all-gather of the (n × r × in) stacked A, the small factor
+    (never W or ΔW); ∂P/∂A = c·(BᵀB) A is formed whole (n·r·r·in flops) and each rank keeps its
+    rows. With A sharded along in (``fully_shard(..., shard_placement_fn=...)`` giving Shard(1))
+    A Aᵀ is an all-reduce of r × r too and nothing is gathered.
+Every rank ends with the same Gram matrices, so P and the strength read-out agree across ranks;
+`add_gradients` and `value` are collectives there: every rank must call them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from fwlora.optim.distributed import is_dtensor, sharded_sum
 from fwlora.optim.targets import AdapterMatrix
 
 
@@ -23,6 +36,14 @@ class _ShapeGroup:
     lora_A: list[torch.Tensor]
     lora_B: list[torch.Tensor]
     scaling_sq: torch.Tensor  # (n, 1, 1): s_m²
+    sharded: bool = False  # factors are FSDP2 DTensors (see the module docstring)
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    """What must agree for factors to be stacked: their mesh and placements (DTensors)."""
+    if not is_dtensor(t):
+        return ()
+    return (id(t.device_mesh), tuple(t.placements))  # type: ignore[attr-defined]
 
 
 class FisherPenalty:
@@ -32,7 +53,14 @@ class FisherPenalty:
         self.matrices = matrices
         groups: dict[tuple, list[int]] = {}
         for i, m in enumerate(matrices):
-            key = (tuple(m.lora_A.shape), tuple(m.lora_B.shape), m.lora_A.dtype, m.lora_A.device)
+            key = (
+                tuple(m.lora_A.shape),
+                tuple(m.lora_B.shape),
+                m.lora_A.dtype,
+                m.lora_A.device,
+                _layout(m.lora_A),
+                _layout(m.lora_B),
+            )
             groups.setdefault(key, []).append(i)
         self.groups = [
             _ShapeGroup(
@@ -44,6 +72,7 @@ class FisherPenalty:
                     dtype=matrices[idx[0]].lora_A.dtype,
                     device=matrices[idx[0]].lora_A.device,
                 ).view(-1, 1, 1),
+                sharded=is_dtensor(matrices[idx[0]].lora_A) or is_dtensor(matrices[idx[0]].lora_B),
             )
             for idx in groups.values()
         ]
@@ -88,7 +117,19 @@ class FisherPenalty:
         if self._coef is None:
             raise RuntimeError("FisherPenalty.add_gradients before set_factors")
         sq_norms = []
+        sharded_sq: list[tuple[torch.Tensor, torch.Tensor]] = []  # (local Σ g², factor)
         for i, group in enumerate(self.groups):
+            if group.sharded:
+                coef = self._follow(i, _local(group.lora_A[0]))
+                c = coef if scale == 1.0 else coef * scale
+                grad_a, grad_b = _sharded_terms(group, c)
+                if measure:
+                    for g, like in ((grad_a, group.lora_A[0]), (grad_b, group.lora_B[0])):
+                        local_sq = torch.linalg.vector_norm(g, dtype=torch.float64).square()
+                        sharded_sq.append((local_sq, like))
+                _accumulate_sharded(group.lora_B, grad_b)
+                _accumulate_sharded(group.lora_A, grad_a)
+                continue
             a = torch.stack(group.lora_A)  # (n, r, in)
             b = torch.stack(group.lora_B)  # (n, out, r)
             coef = self._follow(i, a)
@@ -102,7 +143,12 @@ class FisherPenalty:
                     sq_norms.append(torch.linalg.vector_norm(g, dtype=torch.float64).square())
             _accumulate(group.lora_B, grad_b)
             _accumulate(group.lora_A, grad_a)
-        return torch.stack(sq_norms).sum() if measure else None
+        if not measure:
+            return None
+        if sharded_sq:
+            sq_norms.append(sharded_sum(sharded_sq))
+        device = sq_norms[0].device
+        return torch.stack([v.to(device) for v in sq_norms]).sum()
 
     @torch.no_grad()
     def value(self, factors: Sequence[float] | np.ndarray | None = None) -> torch.Tensor:
@@ -116,6 +162,13 @@ class FisherPenalty:
             coefs = self._coefficients(factors)
         total = None
         for i, group in enumerate(self.groups):
+            if group.sharded:
+                coef = self._follow(i, _local(group.lora_A[0])) if coefs is None else coefs[i]
+                gram_a, gram_b = _sharded_grams(group)
+                gram = (gram_a * gram_b).sum(dim=(1, 2))
+                part = (0.5 * coef.to(gram.device, gram.dtype).view(-1) * gram).sum()
+                total = part if total is None else total + part
+                continue
             a = torch.stack(group.lora_A)
             b = torch.stack(group.lora_B)
             coef = self._follow(i, a) if coefs is None else coefs[i]
@@ -136,3 +189,83 @@ def _accumulate(params: list[torch.Tensor], grads: torch.Tensor) -> None:
             p.grad = g.clone()
         else:
             p.grad.add_(g)
+
+
+# ------------------------------------------------------------------ FSDP2 (DTensor factors)
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if is_dtensor(t) else t  # type: ignore[attr-defined]
+
+
+def _stack(factors: list[torch.Tensor]) -> Any:
+    """The n factors as one (n, ...) DTensor, from their local shards (no communication)."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    first: Any = factors[0]
+    placements = [Shard(q.dim + 1) if isinstance(q, Shard) else q for q in first.placements]
+    local = torch.stack([_local(f) for f in factors])
+    shape = torch.Size((len(factors), *first.shape))
+    stride = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(local, first.device_mesh, placements, shape=shape, stride=stride)
+
+
+def _gram(x: Any, contract: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(full r × r Gram matrices, the tensor to multiply them with, whether it is whole).
+
+    `x` is a stacked factor: A (n, r, in) with `contract` = 2, B (n, out, r) with 1. Sharded
+    only along the contracted dim: local Gram, one all-reduce, and the local shard (its
+    gradient is local). Sharded along r: the whole factor is gathered (it is the small one).
+    """
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+
+    rank_dim = 3 - contract
+    if any(isinstance(q, Shard) and q.dim == rank_dim for q in x.placements):
+        whole = x.full_tensor()
+        gram = whole @ whole.mT if contract == 2 else whole.mT @ whole
+        return gram, whole, True
+    local = x.to_local()
+    gram = local @ local.mT if contract == 2 else local.mT @ local
+    placements = [Partial() if isinstance(q, Shard) else Replicate() for q in x.placements]
+    return DTensor.from_local(gram, x.device_mesh, placements).full_tensor(), local, False
+
+
+def _sharded_grams(group: _ShapeGroup) -> tuple[torch.Tensor, torch.Tensor]:
+    gram_a, _, _ = _gram(_stack(group.lora_A), 2)
+    gram_b, _, _ = _gram(_stack(group.lora_B), 1)
+    return gram_a, gram_b
+
+
+def _rows_of(whole: torch.Tensor, like: Any) -> torch.Tensor:
+    """This rank's shard of a tensor every rank holds whole (no communication)."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = like.device_mesh
+    replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim)
+    return replicated.redistribute(mesh, like.placements).to_local()
+
+
+def _sharded_terms(group: _ShapeGroup, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's shards of c·(BᵀB) A and c·B (A Aᵀ), stacked (n, ...)."""
+    a, b = _stack(group.lora_A), _stack(group.lora_B)
+    gram_a, a_t, a_whole = _gram(a, 2)
+    gram_b, b_t, b_whole = _gram(b, 1)
+    grad_b = torch.bmm(b_t, gram_a * c)
+    grad_a = torch.bmm(gram_b * c, a_t)
+    if a_whole:
+        grad_a = _rows_of(grad_a, a)
+    if b_whole:
+        grad_b = _rows_of(grad_b, b)
+    return grad_a, grad_b
+
+
+def _accumulate_sharded(params: list[torch.Tensor], grads: torch.Tensor) -> None:
+    """p.grad += g on each rank's shard (a missing grad is created as a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    for p, g in zip(params, grads.unbind(0)):
+        d: Any = p
+        if d.grad is None:
+            d.grad = DTensor.from_local(
+                g.clone(), d.device_mesh, d.placements, shape=d.shape, stride=d.stride()
+            )
+        else:
+            d.grad.to_local().add_(g)

@@ -1,12 +1,18 @@
 """‖∂L/∂W_m‖²_F of frozen weights, from the ordinary backward pass, without their gradients.
 
 For a linear layer y = x Wᵀ (+ b), ∂L/∂W = Gᵀ X with G = ∂L/∂y and X = x, both flattened
-to (tokens, features). A forward hook on each LoRA layer keeps a reference to its input
-(autograd keeps that tensor anyway for lora_A's gradient when lora_dropout is 0) and puts a
-tensor hook on its output; peft's output is base(x) + LoRA(x), so the gradient reaching it is
-exactly G. The statistic is computed there and then, one layer at a time, so at most one
-layer's (out × in) weight gradient is ever materialised, and the backbone keeps
-`requires_grad=False` (no weight gradients are stored, clipped or all-reduced).
+to (tokens, features). A forward hook on each LoRA layer passes its output through an identity
+autograd node (`_Observe`) that saves X with ``save_for_backward`` and receives G in backward;
+peft's output is base(x) + LoRA(x), so the gradient reaching it is exactly G. X is saved the way
+autograd saves any activation, so gradient checkpointing (reentrant or not) drops and
+recomputes it like the layer's own activations; without checkpointing it is the tensor
+lora_A already saves (when lora_dropout is 0), so no memory is added. The statistic is
+computed in backward, one layer at a time, so the backbone keeps `requires_grad=False` (no
+weight gradients are stored, clipped or all-reduced).
+
+For an Embedding LoRA layer (W: vocab × dim, y = W[ids]), ∂L/∂W is G scattered onto the rows
+of the token ids: ‖∂L/∂W‖² = Σ_v ‖Σ_{t: id_t = v} G_t‖², computed over the distinct ids of the
+batch (tokens × dim work; the padding row, which gets no gradient, is left out).
 
 Estimators:
   * ``exact`` – ‖Gᵀ X‖²_F, through whichever is cheaper: the (out × in) product, or the Gram
@@ -14,11 +20,28 @@ Estimators:
   * ``sketch`` – (1/k)·‖Gᵀ (X Ω)‖²_F with Ω an (in × k) standard Gaussian, fresh every step
     (seeded by the step, so runs and resumes are reproducible). Unbiased, E = ‖GᵀX‖²; costs
     tokens·k·(in + out) instead of tokens·in·out (about 2 % of exact at k = 8 on
-    roberta-base); the EMA averages its noise over the warm-up.
+    roberta-base); the EMA averages its noise over the warm-up. Embedding layers always use
+    the exact statistic (it costs tokens·dim).
 
-Statistics of one optimizer step are summed over its backward passes (gradient
-accumulation: the sum of the micro-batch statistics) and kept on the device; the optimizer
-moves them to the Rust core in batches, so no step waits on the device.
+What one step records. g_m = Σ over the step's backward passes of ‖∂L_b/∂W_m‖²_F, with
+∂L_b/∂W_m the *whole* gradient of that backward pass: under gradient accumulation the sum of
+the micro-batch statistics; for a module called several times in one forward (shared layers,
+ALBERT-style; or two forwards summed into one loss) the squared norm of the summed gradient
+Σ_c G_cᵀX_c, not the sum of per-call norms. To pay for that only where needed, forward calls
+of each module are counted; a module called more than once since its last backward gets, for
+that backward pass, an accumulator of the size of its weight gradient (out × in, float32 or
+float64; out × k for the sketch) that the calls' GᵀX are added to and whose squared norm is
+taken when the pass ends. Other modules take the cheap per-call path. A backward pass is one
+autograd graph task (the outermost one: reentrant checkpointing's nested backward passes
+belong to the pass that recomputes them).
+
+Statistics of a step the optimizer never took (skipped by a GradScaler) are dropped: the
+first gradient a module receives in a backward pass finds its LoRA gradients unset after
+``zero_grad(set_to_none=True)`` (torch's default), which starts a new step. Callers that
+zero gradients in place can call `reset()` from their zero_grad.
+
+Statistics are kept on the device; the optimizer moves them to the Rust core in batches, so
+no step waits on the device.
 """
 
 from __future__ import annotations
@@ -26,6 +49,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.utils.hooks import RemovableHandle
 
 from fwlora.optim.targets import AdapterMatrix
@@ -59,8 +83,70 @@ def sketch_sq_norm(
     return norm.square() / omega.shape[1]
 
 
+def embedding_rows(
+    grad_out: torch.Tensor, ids: torch.Tensor, padding_idx: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct ids, Σ of G's rows per id): the nonzero rows of ∂L/∂W for y = W[ids]."""
+    if padding_idx is not None:
+        keep = ids != padding_idx
+        ids, grad_out = ids[keep], grad_out[keep]
+    distinct, inverse = torch.unique(ids, return_inverse=True)
+    rows = torch.zeros(
+        distinct.shape[0], grad_out.shape[1], dtype=_acc_dtype(grad_out), device=grad_out.device
+    )
+    rows.index_add_(0, inverse, grad_out.to(rows.dtype))
+    return distinct, rows
+
+
+class _Observe(torch.autograd.Function):
+    """Identity on a LoRA layer's output; hands (G, X) to the statistics in backward.
+
+    X goes through ``save_for_backward`` (so checkpointing drops and recomputes it); the output
+    is returned in place (``mark_dirty``), so no copy is made and later in-place ops on it
+    stay legal.
+    """
+
+    @staticmethod
+    def forward(ctx, output, inputs, stats, index, root):  # type: ignore[override]
+        ctx.save_for_backward(inputs)
+        ctx.stats, ctx.index, ctx.root = stats, index, root
+        ctx.mark_dirty(output)
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        (inputs,) = ctx.saved_tensors
+        ctx.stats._on_grad(ctx.index, inputs, grad, ctx.root)
+        return grad, None, None, None, None
+
+
+def _grads_unset(matrix: AdapterMatrix) -> bool:
+    """No LoRA gradient yet in this step: neither on the factors found at construction nor on
+    the module's current ones (FSDP2 swaps in unsharded parameters for forward and backward and
+    keeps gradients accumulated without sync there)."""
+    module, adapter = matrix.module, matrix.adapter
+    if matrix.kind == "embedding":
+        current = [module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]]
+    else:
+        current = [module.lora_A[adapter].weight, module.lora_B[adapter].weight]
+    return all(p.grad is None for p in (matrix.lora_A, matrix.lora_B, *current))
+
+
+def _graph_task() -> int:
+    """The id of the autograd graph task running on this thread, -1 outside backward."""
+    return torch._C._current_graph_task_id()
+
+
 class GradientStatistics:
-    """Hooks that collect g_m = ‖∂L/∂W_m‖²_F for every adapted matrix, per optimizer step."""
+    """Hooks that collect g_m = ‖∂L/∂W_m‖²_F for every adapted matrix, per optimizer step.
+
+    Contract with the owner: `attach()` once observing starts; `take_row()` once per optimizer
+    step taken (it ends the step and starts the next); `reset()` to drop the current step's
+    statistics (e.g. from zero_grad, or after loading a state); `detach()` when done.
+    After `take_row()`, `last_unseen` lists the indices of matrices that produced no
+    statistic in that step (their row entry is 0).
+    """
 
     def __init__(
         self,
@@ -78,9 +164,16 @@ class GradientStatistics:
         self.sketch_dim = sketch_dim
         self.seed = seed
         self.step = 0  # the optimizer step whose backward passes are being observed
+        self.last_unseen: list[int] = []
+        self.shared: set[int] = set()  # indices ever seen called more than once per pass
         self._pending: list[torch.Tensor | None] = [None] * len(matrices)
         self._handles: list[RemovableHandle] = []
         self._omegas: dict[tuple, torch.Tensor] = {}
+        self._calls = [0] * len(matrices)  # forward calls outside backward not yet seen back
+        self._root: int | None = None  # graph task of the backward pass being observed
+        self._accumulate: dict[int, bool] = {}  # per index seen in this pass: multi-call?
+        self._acc: dict[int, torch.Tensor] = {}  # per multi-call index: Σ_c G_cᵀX_c
+        self._queued: set[int] = set()
 
     @property
     def attached(self) -> bool:
@@ -90,7 +183,9 @@ class GradientStatistics:
         if self._handles:
             return
         for index, matrix in enumerate(self.matrices):
-            self._handles.append(matrix.module.register_forward_hook(self._forward_hook(index)))
+            self._handles.append(
+                matrix.module.register_forward_hook(self._forward_hook(index), with_kwargs=True)
+            )
 
     def detach(self) -> None:
         """Removes every hook: no cost at all on later forward and backward passes."""
@@ -101,10 +196,17 @@ class GradientStatistics:
         self.reset()
 
     def reset(self) -> None:
+        """Drops everything observed since the last `take_row()`."""
         self._pending = [None] * len(self.matrices)
+        self._calls = [0] * len(self.matrices)
+        self._acc.clear()
+        self._accumulate.clear()
+        self._root = None
 
     def take_row(self, device: torch.device) -> torch.Tensor:
         """This step's statistics as a float64 (M,) tensor on `device` (0 where unseen)."""
+        self._end_pass()
+        self.last_unseen = [i for i, v in enumerate(self._pending) if v is None]
         zero = torch.zeros((), dtype=torch.float64, device=device)
         row = torch.stack(
             [zero if v is None else v.to(device, torch.float64) for v in self._pending]
@@ -112,21 +214,68 @@ class GradientStatistics:
         self.reset()
         return row
 
+    # ------------------------------------------------------------------ hooks
     def _forward_hook(self, index: int) -> Callable:
         matrix = self.matrices[index]
 
-        def hook(module, args, output):
+        # Opaque to torch.compile: traced, the hook's bookkeeping would specialise the graph on
+        # `index` (one recompilation per matrix); run eagerly, it costs one graph break.
+        @torch.compiler.disable
+        def hook(module, args, kwargs, output):
             # A deep copy of the model carries this hook along; it must not report here.
-            if module is not matrix.module:
-                return
-            if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor)):
-                return
-            if not output.requires_grad:
-                return
-            inputs = args[0]
-            output.register_hook(lambda grad: self._on_grad(index, matrix, inputs, grad))
+            # After detach() a graph compiled with the hook in it may still call it: no-op.
+            if module is not matrix.module or not self._handles:
+                return None
+            task = _graph_task()
+            if task == -1:
+                # Counted in any grad mode: reentrant checkpointing runs the forward that
+                # decides the call count under no_grad and recomputes it inside backward.
+                self._calls[index] += 1
+            inputs = args[0] if args else kwargs.get("x", kwargs.get("input"))
+            if not (
+                torch.is_grad_enabled()
+                and isinstance(output, torch.Tensor)
+                and output.requires_grad
+                and isinstance(inputs, torch.Tensor)
+            ):
+                return None
+            root = None
+            if task != -1:
+                # Recomputed inside a backward pass (checkpointing): it belongs to that pass.
+                root = task
+                self._queue_end(task)
+            if output.is_leaf or output._base is not None:
+                output = output.clone()
+            return _Observe.apply(output, inputs, self, index, root)
 
         return hook
+
+    def _queue_end(self, task: int) -> None:
+        if task in self._queued:
+            return
+        self._queued.add(task)
+
+        def end() -> None:
+            self._queued.discard(task)
+            if self._root == task:
+                self._end_pass()
+
+        torch.autograd.Variable._execution_engine.queue_callback(end)
+
+    def _end_pass(self) -> None:
+        """Folds the multi-call accumulators of the current backward pass into the step."""
+        for index, acc in self._acc.items():
+            norm = torch.linalg.vector_norm(acc).square()
+            if self.estimator == "sketch" and self.matrices[index].kind == "linear":
+                norm = norm / self.sketch_dim
+            self._add(index, norm)
+        self._acc.clear()
+        self._accumulate.clear()
+        self._root = None
+
+    def _add(self, index: int, value: torch.Tensor) -> None:
+        previous = self._pending[index]
+        self._pending[index] = value if previous is None else previous + value
 
     def _omega(self, in_features: int, inputs: torch.Tensor) -> torch.Tensor:
         key = (in_features, inputs.device, inputs.dtype, self.step)
@@ -143,20 +292,75 @@ class GradientStatistics:
         return omega
 
     @torch.no_grad()
-    def _on_grad(self, index: int, matrix: AdapterMatrix, inputs: torch.Tensor, grad: torch.Tensor):
-        # The first backward after zero_grad(set_to_none=True) starts a new optimizer step:
-        # drop anything left from a step the optimizer never took (e.g. skipped by GradScaler).
-        if matrix.lora_B.grad is None and matrix.lora_A.grad is None:
-            self._pending[index] = None
+    def _on_grad(
+        self, index: int, inputs: torch.Tensor, grad: torch.Tensor, root: int | None
+    ) -> None:
+        matrix = self.matrices[index]
+        if root is None:
+            root = _graph_task()
+            self._queue_end(root)
+        if root != self._root:
+            self._end_pass()
+            self._root = root
+        accumulate = self._accumulate.get(index)
+        if accumulate is None:
+            # This module's first gradient in this backward pass. Unset LoRA gradients mean
+            # zero_grad(set_to_none=True) ran since its last one: a new optimizer step, so
+            # drop what is left from a step the optimizer never took (GradScaler skip).
+            if _grads_unset(matrix):
+                self._pending[index] = None
+            accumulate = self._calls[index] >= 2
+            self._accumulate[index] = accumulate
+            if accumulate:
+                self.shared.add(index)
+        self._calls[index] = max(0, self._calls[index] - 1)
+
         g = grad.reshape(-1, grad.shape[-1])
         if g.dtype == torch.float16:
             # fp16 (scaled by a GradScaler) overflows in G Gᵀ or Gᵀ X long before the LoRA
             # gradients do; bf16 has fp32's range. One layer at a time, so the copy is small.
             g = g.float()
+        if matrix.kind == "embedding":
+            self._embedding_grad(index, matrix, inputs, g, accumulate)
+            return
         x = inputs.reshape(-1, inputs.shape[-1]).to(g.dtype)
-        if self.estimator == "exact":
-            value = exact_sq_norm(g, x)
+        sketch = self.estimator == "sketch"
+        if not accumulate:
+            if sketch:
+                value = sketch_sq_norm(g, x, self._omega(matrix.in_features, x))
+            else:
+                value = exact_sq_norm(g, x)
+            self._add(index, value)
+            return
+        acc_dtype = _acc_dtype(g)
+        if sketch:
+            x = x @ self._omega(matrix.in_features, x)
+        part = g.T.to(acc_dtype) @ x.to(acc_dtype)
+        acc = self._acc.get(index)
+        if acc is None:
+            self._acc[index] = part
         else:
-            value = sketch_sq_norm(g, x, self._omega(matrix.in_features, x))
-        previous = self._pending[index]
-        self._pending[index] = value if previous is None else previous + value
+            acc.add_(part)
+
+    def _embedding_grad(
+        self,
+        index: int,
+        matrix: AdapterMatrix,
+        ids: torch.Tensor,
+        g: torch.Tensor,
+        accumulate: bool,
+    ) -> None:
+        base = matrix.module.get_base_layer()
+        scale = matrix.module._get_embed_scale()
+        if scale is not None:
+            g = g * scale.to(g.device, g.dtype)
+        distinct, rows = embedding_rows(g, ids.reshape(-1), base.padding_idx)
+        if not accumulate:
+            self._add(index, torch.linalg.vector_norm(rows).square())
+            return
+        acc = self._acc.get(index)
+        if acc is None:
+            acc = self._acc[index] = torch.zeros(
+                base.num_embeddings, g.shape[1], dtype=rows.dtype, device=rows.device
+            )
+        acc.index_add_(0, distinct, rows)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fwlora.optim.distributed import sq_norm_sum
+
 _CHUNK = 1024
 
 
@@ -27,11 +29,8 @@ class PenaltyStrength:
     @staticmethod
     def grad_sq_norm(params: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """Σ ‖p.grad‖² over `params` as a float64 0-d tensor (None when no grad exists)."""
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return None
-        norms = torch._foreach_norm(grads)
-        return torch.stack([n.to(torch.float64) for n in norms]).square().sum()
+        # FSDP2 shards (DTensors): the global sum, one scalar all-reduce.
+        return sq_norm_sum(p.grad for p in params if p.grad is not None)
 
     def record(self, penalty_sq: torch.Tensor, task_sq: torch.Tensor | None) -> None:
         """Appends sqrt(penalty_sq / task_sq) (inf when the task gradient is 0 or absent)."""

@@ -30,12 +30,12 @@ from torch import nn
 from fwlora._core import FisherCore
 from fwlora.optim.checkpoint import STATE_KEY, check_fisher_state, fisher_state, require_entry
 from fwlora.optim.decoupled import has_decoupled_decay, scale_decoupled_decay
-from fwlora.optim.distributed import mean_over_ranks, refuse_sharding
+from fwlora.optim.distributed import check_sharding, current_matrices, mean_over_ranks
 from fwlora.optim.options import CORE_OPTIONS, FisherOptions
 from fwlora.optim.penalty import FisherPenalty
 from fwlora.optim.statistics import GradientStatistics
 from fwlora.optim.strength import PenaltyStrength
-from fwlora.optim.targets import find_adapter_matrices
+from fwlora.optim.targets import AdapterMatrix, check_active_adapters, find_adapter_matrices
 
 
 class FisherWeighting:
@@ -56,7 +56,7 @@ class FisherWeighting:
         elif overrides:
             options = FisherOptions.from_kwargs(**{**options.to_dict(), **overrides})
         self.options = options
-        self.matrices = find_adapter_matrices(model)
+        self.matrices = find_adapter_matrices(model, exclude=options.exclude)
         self.core = FisherCore(len(self.matrices), **options.core_options())
         self.statistics = self._new_statistics()
         self.penalty = FisherPenalty(self.matrices)
@@ -69,8 +69,8 @@ class FisherWeighting:
         self._optimizer: torch.optim.Optimizer | None = None
         self._handles: list[Any] = []
         self._pending_load: tuple[dict, FisherCore] | None = None
-        self._checked_sharding = False
-        refuse_sharding(self.matrices)
+        self._checked_factors = False
+        check_sharding(self.matrices)
 
     def _new_statistics(self) -> GradientStatistics:
         o = self.options
@@ -126,7 +126,10 @@ class FisherWeighting:
         return self.strength.history()
 
     def penalty_value(self) -> torch.Tensor:
-        """λ·Σ_m (1 - I_m)·‖ΔW_m‖²_F at the current weights (0 during warm-up); no host sync."""
+        """λ·Σ_m (1 - I_m)·‖ΔW_m‖²_F at the current weights (0 during warm-up); no host sync.
+
+        Under FSDP2 this is a collective (an r × r all-reduce and an all-gather of A per
+        shape): call it on every rank."""
         factors = self.core.base_factors()
         if factors is None:
             return torch.zeros((), device=self._device)
@@ -213,10 +216,14 @@ class FisherWeighting:
     @torch.no_grad()
     def before_step(self) -> None:
         """Adds the penalty for the step about to be taken (nothing during warm-up)."""
-        if not self._checked_sharding:
-            # FSDP / DeepSpeed wrap the model after the optimizer is built: check once, here.
-            refuse_sharding(self.matrices, self._optimizer)
-            self._checked_sharding = True
+        check_active_adapters(self.matrices)  # set_adapter() since construction: refused
+        if not self._checked_factors:
+            # FSDP2 (accelerate, the Trainer) shards the model after the optimizer is built and
+            # remaps the optimizer to the new parameters: adopt them; refuse anything else.
+            fresh = current_matrices(self.matrices, self._optimizer)
+            if fresh is not None:
+                self._adopt_matrices(fresh)
+            self._checked_factors = True
         scale = self.core.schedule_scale(self.step + 1)
         if scale == 0.0:
             return
@@ -249,6 +256,12 @@ class FisherWeighting:
         if len(self._rows) >= min(self.options.flush_every, due if due is not None else 1):
             self.flush()
 
+    def _adopt_matrices(self, fresh: list[AdapterMatrix]) -> None:
+        self.matrices[:] = fresh  # in place: GradientStatistics holds this same list
+        self.penalty = FisherPenalty(self.matrices)
+        self._factors = [p for m in self.matrices for p in (m.lora_A, m.lora_B)]
+        self._sync_phase()  # re-caches the penalty factors on the new groups
+
     def _warn_unobserved(self, row: torch.Tensor) -> None:
         """One host sync, at the first observed step: names matrices no statistic reached."""
         silent = [self.names[i] for i in torch.nonzero(row == 0).flatten().tolist()]
@@ -258,8 +271,9 @@ class FisherWeighting:
                 f"matrices at the first warm-up step ({', '.join(silent[:4])}"
                 f"{', ...' if len(silent) > 4 else ''}): their forward hooks did not run or "
                 "no gradient reached them. If the model was compiled (torch.compile) before "
-                "the optimizer was built, build the optimizer first; if these modules are "
-                "unused, leave them out with exclude=[...]",
+                "the optimizer was built, build the optimizer first (or call "
+                "torch._dynamo.reset() after building it); if these modules are unused, leave "
+                "them out with exclude=[...]",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -297,7 +311,8 @@ class FisherWeighting:
                 f"LoRA matrices ({', '.join(zero[:4])}{', ...' if len(zero) > 4 else ''}): "
                 "no warm-up step measured them, so their importance is 0 (or uniform if all "
                 "are 0) and they get the full penalty. Build the optimizer before "
-                "torch.compile, or leave unused modules out with exclude=[...]",
+                "torch.compile (or call torch._dynamo.reset() after building it), or leave "
+                "unused modules out with exclude=[...]",
                 RuntimeWarning,
                 stacklevel=3,
             )
