@@ -4,26 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
-from torch.utils.data import Dataset
-
-from tiny import batches
-
-
-class TinyDataset(Dataset):
-    """`n` examples from tests/tiny.py's batches, one dict of (SEQ,) tensors each."""
-
-    def __init__(self, n: int, seed: int = 1) -> None:
-        rows = []
-        for batch in batches(n, batch_size=1, seed=seed):
-            rows.append({k: v[0] for k, v in batch.items()})
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.rows[i]
+from tiny import TinyDataset  # noqa: F401  (re-exported: defined with the tiny models)
 
 
 def training_args(output_dir, **overrides):

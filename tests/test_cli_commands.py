@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from fwlora.cli import build_parser, main
-from fwlora.harness.testing import tiny_settings
+from tiny import tiny_settings
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +76,10 @@ def test_compare_from_a_config_file(tiny, tmp_path, capsys):
     assert "adalora − lora" in capsys.readouterr().out
 
 
-def test_sweep_command(tiny, tmp_path):
-    out = tmp_path / "sweep"
+def test_ablation_command(tiny, tmp_path):
+    out = tmp_path / "ablation"
     args = [
-        "sweep",
+        "ablation",
         "-o",
         str(out),
         "--ks",
@@ -118,7 +118,9 @@ def test_bad_input_is_a_message_not_a_traceback(tiny, tmp_path, capsys, monkeypa
 
 def test_unknown_method_in_compare(capsys):
     assert main(["compare", "--methods", "lora,vera"]) == 2
-    assert "choose from lora, fw-lora, adalora" in capsys.readouterr().err
+    assert "methods[1]: unknown value 'vera'; choose one of lora, fw-lora, adalora" in (
+        capsys.readouterr().err
+    )
 
 
 def test_report_of_a_directory_that_is_not_an_experiment(tmp_path, capsys):
@@ -131,3 +133,102 @@ def test_every_setting_has_a_flag():
 
     train = build_parser().parse_args(["train"])
     assert set(FIELDS) <= set(vars(train))
+
+
+# ------------------------------------------- flags and user errors (issue 10, items 7 and 8)
+def _one_line_error(err: str, command: str) -> None:
+    assert err.startswith(f"fwlora {command}: error:"), err
+    assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "--methods", ""], "methods: expected comma-separated, non-empty items"),
+        (["compare", "--seeds", ","], "seeds: expected comma-separated, non-empty items"),
+        (["compare", "--seeds", "1,two"], "seeds[1]: expected an integer"),
+        (["train", "--max-train-samples=-5"], "max_train_samples: expected an integer >= 1"),
+        (["train", "--lr", "-1e-3"], "lr: expected a number > 0, got '-1e-3'"),
+        (["train", "--lr", "-5"], "lr: expected a number > 0, got '-5'"),
+        (["train", "--lora-dropout", "1.5"], "lora_dropout: expected a number in [0, 1)"),
+        (["train", "--epochs", "one"], "epochs: expected an integer >= 1, got 'one'"),
+        (["train", "--fisher-alpha", "1"], "fisher_alpha: expected a float strictly between"),
+        (["train", "--lr"], "argument --lr: expected one argument"),
+        (["train", "--learning-rate", "1"], "unrecognized arguments: --learning-rate 1"),
+        (["train", "--ep", "1"], "unrecognized arguments: --ep 1"),  # no abbreviations
+        (["demo", "--epochs", "0"], "epochs: expected an integer >= 1, got '0'"),
+        (["demo", "--seeds", ""], "seeds: expected comma-separated, non-empty items"),
+    ],
+)
+def test_bad_flags_are_one_line_and_status_2(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert main([argv[0], "-o", str(out), *argv[1:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    _one_line_error(err, argv[0])
+    assert not out.exists()
+
+
+def test_config_file_errors_are_one_line(tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('epochs = "one"\n')
+    assert main(["train", "--config", str(config), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "epochs: expected an integer >= 1, got 'one'" in err
+    _one_line_error(err, "train")
+
+
+def test_an_output_under_a_file_is_refused(tiny, tmp_path, capsys):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a folder")
+    assert main(["train", "-o", str(blocker / "out"), *_flags(tiny)]) == 2
+    err = capsys.readouterr().err
+    assert f"{blocker} is a file, not a folder" in err
+    _one_line_error(err, "train")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_an_unwritable_output_folder_is_refused(tiny, tmp_path, capsys, monkeypatch):
+    # Root may write anywhere, so the permission answer is simulated; the check is real.
+    import fwlora.harness.output as output
+
+    monkeypatch.setattr(output.os, "access", lambda path, mode: False)
+    assert main(["train", "-o", str(tmp_path / "out"), *_flags(tiny)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write in {tmp_path} (permission denied)" in err
+    _one_line_error(err, "train")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_into_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "page.html"
+    target.write_text("mine")
+    assert main(["report", str(tmp_path), "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file; the report is a folder" in err
+    _one_line_error(err, "report")
+    assert target.read_text() == "mine"
+
+
+def test_progress_to_a_pipe_is_plain_lines(tiny, tmp_path, capsys, monkeypatch):
+    import fwlora.harness.progress as progress
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_SEC", 0.0)  # a line after every step
+    settings = {k: v for k, v in tiny.items() if k != "quiet"}
+    assert main(["train", "-o", str(tmp_path / "out"), *_flags(settings)]) == 0
+    captured = capsys.readouterr()
+    for stream in (captured.out, captured.err):
+        assert "\r" not in stream and "\x1b" not in stream
+    run = "fw-lora-tiny-bert--train-seed42"
+    assert f"{run} epoch 1/2: 1/6 steps (17%), loss " in captured.err
+    assert f"[{run}] epoch 1: train_loss " in captured.out
+
+
+def test_progress_on_a_terminal_is_a_bar(tiny, tmp_path, capsys, monkeypatch):
+    import fwlora.harness.progress as progress
+
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    settings = {k: v for k, v in tiny.items() if k != "quiet"} | {"epochs": 1}
+    assert main(["train", "-o", str(tmp_path / "out"), *_flags(settings)]) == 0
+    assert "\r" in capsys.readouterr().err  # tqdm redraws in place

@@ -93,3 +93,86 @@ def test_drugreview_subset_positive_vs_negative():
     assert (len(data.train), len(data.eval)) == (546, 343)
     assert sum(data.eval.labels) == 248
     assert not any("&#039;" in t for t in data.train.texts)
+
+
+# ------------------------------------------------------------------ labels (issue 10, item 6)
+def _files(tmp_path, train_rows, eval_rows=None, suffix=".csv"):
+    """Writes train (and eval) files of {text, label} rows; returns the settings for them."""
+    paths = {}
+    for name, rows in (("train", train_rows), ("eval", eval_rows)):
+        if rows is None:
+            continue
+        path = tmp_path / f"{name}{suffix}"
+        frame = pd.DataFrame(rows, columns=["text", "label"])
+        if suffix == ".csv":
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_json(path, orient="records", lines=True)
+        paths[f"{name}_file"] = str(path)
+    return {"task": "file", **paths}
+
+
+def _rows(labels, texts=None):
+    texts = texts or [f"text {i}" for i in range(len(labels))]
+    return list(zip(texts, labels))
+
+
+def test_empty_label_cells_are_refused_with_their_rows(tmp_path):
+    settings = _files(tmp_path, _rows([0, 1, None, 0, 1, None]), _rows([0, 1]))
+    with pytest.raises(HarnessError, match=r"empty label in column 'label', row\(s\) 3, 6 "):
+        load_task(build_config(settings))
+
+
+def test_empty_text_cells_are_refused_with_their_rows(tmp_path):
+    rows = _rows([0, 1, 0, 1], ["fine", "", "good", "  "])
+    settings = _files(tmp_path, _rows([0, 1]), rows)  # the evaluation file has them
+    message = r"eval\.csv: empty text in column 'text', row\(s\) 2, 4"
+    with pytest.raises(HarnessError, match=message):
+        load_task(build_config(settings))
+
+
+def test_non_contiguous_integer_labels_are_mapped_not_padded(tmp_path):
+    settings = _files(tmp_path, _rows([1, 2, 2, 1, 10]), _rows([2, 1, 10]))
+    data = load_task(build_config(settings))
+    # {1, 2, 10}: three classes in numeric order; no phantom class 0 (or 3..9).
+    assert data.label_names == ["1", "2", "10"]
+    assert data.num_labels == 3
+    assert data.train.labels == [0, 1, 1, 0, 2]
+    assert data.eval.labels == [1, 0, 2]
+    assert data.summary()["label_names"] == ["1", "2", "10"]
+
+
+def test_float_labels_from_json_are_the_same_classes_as_integers(tmp_path):
+    settings = _files(tmp_path, _rows([0.0, 1.0, 1.0]), _rows([1, 0]), suffix=".jsonl")
+    data = load_task(build_config(settings))
+    assert data.label_names == ["0", "1"]
+    assert data.eval.labels == [1, 0]
+
+
+@pytest.mark.parametrize("label", [0, 1, "pos"])
+def test_one_class_is_refused_whichever_it_is(tmp_path, label):
+    settings = _files(tmp_path, _rows([label] * 4), _rows([label] * 2))
+    with pytest.raises(HarnessError, match=r"the training labels hold one class \('.+'\)"):
+        load_task(build_config(settings))
+
+
+def test_one_class_left_by_max_train_samples_is_refused(tmp_path):
+    settings = _files(tmp_path, _rows([0, 0, 1, 1]), _rows([0, 1]))
+    with pytest.raises(HarnessError, match=r"one class \('0'\).*raise --max-train-samples"):
+        load_task(build_config(settings, {"max_train_samples": 2}))
+
+
+def test_evaluation_labels_unseen_in_training_are_refused(tmp_path):
+    settings = _files(tmp_path, _rows(["neg", "pos", "neg"]), _rows(["pos", "neutral", "neg"]))
+    with pytest.raises(
+        HarnessError, match=r"label\(s\) \['neutral'\] in row\(s\) 2 never occur in the training"
+    ):
+        load_task(build_config(settings))
+
+
+def test_held_out_rows_are_numbered_as_in_the_train_file(tmp_path):
+    labels = [0, 1] * 10
+    labels[13] = None  # data row 14 of the file, wherever the held-out split puts it
+    settings = _files(tmp_path, _rows(labels))
+    with pytest.raises(HarnessError, match=r"row\(s\) 14 "):
+        load_task(build_config(settings))

@@ -9,7 +9,7 @@ import fwlora.harness.train as train_module
 from fwlora.harness import build_config, plan_compare, plan_sweep, run_experiment
 from fwlora.harness.errors import HarnessError
 from fwlora.harness.experiment import load_experiment, summary_table
-from fwlora.harness.testing import tiny_settings
+from tiny import tiny_settings
 
 METHODS = ["lora", "fw-lora", "adalora"]
 SEEDS = [1, 2]
@@ -104,6 +104,9 @@ def test_metrics_json_schema(experiment):
         assert len(run["train_loss_steps"]) == run["total_steps"] == 12
         assert run["best_eval_acc"] == max(h["eval_acc"] for h in run["epochs"])
         assert run["config"]["method"] == run["method"]
+        # The label map, explicit: class i of the model is label_names[i].
+        assert run["data"]["label_names"] == ["0", "1"]
+        assert run["peak_memory_kind"] == "cpu_rss_sampled_peak"
         assert run["adapters"]["target_modules"] == run["config"]["target_modules"]
 
 
@@ -129,9 +132,9 @@ def test_fw_lora_records_importances(experiment):
         assert fisher["phase"] == "frozen" and fisher["warmup_steps"] == 4
         assert len(fisher["importance"]) == 12
         assert sum(fisher["importance"].values()) == pytest.approx(1.0)
-        exported = _load(experiment.run_dirs[run["run"]] / "importances.json")
+        exported = _load(experiment.run_dirs[run["run"]] / "fwlora_importance.json")
         assert exported["importance"] == pytest.approx(fisher["importance"])
-        assert exported["config"]["warmup"] == 4
+        assert exported["options"]["warmup"] == 4
 
 
 def test_aggregated_metrics_schema(experiment):
@@ -282,7 +285,7 @@ def test_budget_percent_sets_the_rank(settings, tmp_path):
 
 def test_overwrite_never_deletes_a_foreign_directory(settings, tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    with pytest.raises(HarnessError, match="refusing to delete"):
+    with pytest.raises(HarnessError, match="not written by fwlora"):
         run_experiment([build_config(settings)], tmp_path, overwrite=True)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
 

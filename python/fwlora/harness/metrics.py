@@ -25,3 +25,9 @@ def classification_metrics(
         "mcc": 0.0 if single_class else float(matthews_corrcoef(labels, preds)),
         "confusion_matrix": confusion_matrix(labels, preds, labels=classes).tolist(),
     }
+
+
+def primary_metric(task: str) -> str:
+    """The metric a task is judged by: Matthews correlation for CoLA (GLUE's rule), else
+    accuracy. The one place this rule lives: runs store it as `primary_metric`."""
+    return "mcc" if task == "cola" else "acc"

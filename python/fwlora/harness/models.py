@@ -8,7 +8,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -137,11 +137,11 @@ def attach_adapters(model: nn.Module, cfg: RunConfig, total_steps: int):
     extra: dict[str, Any] = {}
     # A copy: peft appends its own defaults to this list in place.
     to_save = list(cfg.modules_to_save) if cfg.modules_to_save else None
-    if cfg.method in ("lora", "fw-lora"):
+    if cfg.method in ("lora", "fw-lora", "l2-lora"):  # l2-lora: FisherAdamW on LoRA
         peft_config = LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=rank,
-            lora_alpha=cfg.lora_alpha,
+            lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; floats work
             lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.target_modules),
             modules_to_save=to_save,
@@ -154,12 +154,15 @@ def attach_adapters(model: nn.Module, cfg: RunConfig, total_steps: int):
             task_type=TaskType.SEQ_CLS,
             init_r=init_r,
             target_r=rank,
-            lora_alpha=cfg.lora_alpha,
+            lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; floats work
             lora_dropout=cfg.lora_dropout,
             target_modules=list(cfg.target_modules),
             orth_reg_weight=cfg.adalora_orth_reg_weight,
             modules_to_save=to_save,
-            **schedule,
+            tinit=schedule["tinit"],
+            tfinal=schedule["tfinal"],
+            deltaT=schedule["deltaT"],
+            total_step=schedule["total_step"],
         )
         adapter_params = budget.adalora_params(linears, init_r)
         extra = {
@@ -191,7 +194,7 @@ def attach_adapters(model: nn.Module, cfg: RunConfig, total_steps: int):
 
 def adalora_final_ranks(peft_model: nn.Module) -> dict[str, int] | None:
     """Per-module ranks AdaLoRA kept (its rank_pattern), or None before any allocation."""
-    config = next(iter(peft_model.peft_config.values()))
+    config = next(iter(cast(Any, peft_model).peft_config.values()))
     pattern = getattr(config, "rank_pattern", None)
     if not pattern:
         return None

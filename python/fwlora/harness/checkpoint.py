@@ -1,0 +1,91 @@
+"""A run's checkpoint (after every epoch, for --resume) and its partial predictions.
+
+`checkpoint.pt` holds the trainable parameters, the optimizer and scheduler states, the run's
+progress and the random generators' states (and AdaLoRA's importance EMAs); it is written to a
+temporary file and renamed, so an interruption never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+PARTIAL_PREDICTIONS = "predictions.partial.json"
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict[str, Any]) -> None:
+    state = {
+        "trainable": _trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": progress,
+        "rng": {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        },
+    }
+    allocator = getattr(getattr(model, "base_model", None), "rankallocator", None)
+    if allocator is not None:  # AdaLoRA's importance EMAs and its current rank pattern
+        state["adalora"] = {
+            "ipt": allocator.ipt,
+            "exp_avg_ipt": allocator.exp_avg_ipt,
+            "exp_avg_unc": allocator.exp_avg_unc,
+            "rank_pattern": next(iter(model.peft_config.values())).rank_pattern,
+        }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            params[name].copy_(value.to(params[name].device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "adalora" in state:
+        allocator = model.base_model.rankallocator
+        for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(allocator, key, state["adalora"][key])
+        next(iter(model.peft_config.values())).rank_pattern = state["adalora"]["rank_pattern"]
+    return state["progress"]
+
+
+def save_partial_predictions(run_dir: Path, best: np.ndarray, final: np.ndarray) -> None:
+    path = run_dir / PARTIAL_PREDICTIONS
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"best": best.tolist(), "final": final.tolist()}))
+    tmp.replace(path)
+
+
+def load_partial_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    path = run_dir / PARTIAL_PREDICTIONS
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return np.array(saved["best"]), np.array(saved["final"])
+
+
+def checkpoint_epoch(run_dir: Path) -> int | None:
+    """The last epoch a run's checkpoint holds (None: no checkpoint)."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return int(state["progress"]["epoch"])

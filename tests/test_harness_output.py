@@ -1,0 +1,241 @@
+"""The output folder never loses results (issue 10, items 5 and 8): everything is checked
+before the disk is touched, a run is written beside its output and moved into place,
+--overwrite and --resume act only on folders fwlora wrote, and Ctrl-C says truly what was
+kept. On the tiny BERT; runs through the `fwlora` command line."""
+
+import json
+
+import pytest
+
+import fwlora.harness.train as train_module
+from fwlora.cli import main
+from fwlora.harness.output import MARKER
+from fwlora.harness.resources import PeakMemory
+from tiny import tiny_settings
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_settings(tmp_path_factory.mktemp("tiny"))
+
+
+def _flags(settings):
+    out = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
+    return out
+
+
+def _snapshot(folder):
+    """Every file under `folder` (relative path → bytes)."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def _train(tiny, out, *extra, **changes):
+    return main(["train", "-o", str(out), *_flags(tiny | changes), *extra])
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """A finished one-epoch output (read-only for the tests: copy it before changing it)."""
+    out = tmp_path_factory.mktemp("finished") / "out"
+    assert _train(tiny, out, epochs=1) == 0
+    return out
+
+
+def _copy(finished, tmp_path):
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(finished, out)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"target_modules": "foo"}, "target_modules: ['foo'] match no Linear layer"),
+        ({"modules_to_save": "nothing_here"}, "modules_to_save: ['nothing_here'] name no module"),
+        ({"label_column": "stars"}, "missing column(s) ['stars']"),
+        ({"model": "/no/such/model"}, "no such directory"),
+        ({"lora_dropout": "1.5"}, "lora_dropout: expected a number in [0, 1), got '1.5'"),
+    ],
+)
+def test_a_refused_overwrite_leaves_the_old_output_intact(
+    tiny, finished, tmp_path, capsys, changes, message
+):
+    old = _copy(finished, tmp_path)
+    before = _snapshot(old)
+    assert _train(tiny, old, "--overwrite", **changes) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert _snapshot(old) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]  # no temporary folder left
+
+
+def test_a_refused_run_leaves_no_folder_behind(tiny, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "out"
+    assert _train(tiny, out, target_modules="foo") == 2
+    assert "match no Linear layer" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failure_before_any_checkpoint_leaves_no_folder_behind(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(train_module, "_train_step", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        _train(tiny, tmp_path / "a" / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_and_overwrite_refuse_a_folder_fwlora_did_not_write(tiny, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (mine / "experiment.yaml").write_text("runs: []\n")  # even one that looks like ours
+    before = _snapshot(mine)
+    for flag in ("--resume", "--overwrite"):
+        assert _train(tiny, mine, flag) == 2
+        err = capsys.readouterr().err
+        assert f"not written by fwlora (no {MARKER})" in err and flag in err
+        assert _snapshot(mine) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_the_run_is_written_beside_its_output_and_moved_into_place(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    seen = {}
+    real = train_module.train_run
+
+    def spy(cfg, run_dir, *args, **kwargs):
+        seen["out_exists"] = out.exists()
+        seen["run_dir"] = run_dir
+        return real(cfg, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr("fwlora.harness.experiment.train_run", spy)
+    assert _train(tiny, out, epochs=1) == 0
+    assert seen["out_exists"] is False
+    staging = seen["run_dir"].parents[1]
+    assert staging.parent == tmp_path and staging.name.startswith(".out.fwlora-")
+    assert not staging.exists()
+    assert json.loads((out / MARKER).read_text())["schema"] == "fwlora.output/1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _interrupt_at_step(monkeypatch, n):
+    real = train_module._train_step
+    calls = {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_step", step)
+
+
+def test_interrupted_overwrite_before_a_checkpoint_keeps_the_old_output(
+    tiny, finished, tmp_path, monkeypatch, capsys
+):
+    old = _copy(finished, tmp_path)
+    before = _snapshot(old)
+    _interrupt_at_step(monkeypatch, 3)  # epoch 1 has 6 steps: no checkpoint yet
+    assert _train(tiny, old, "--overwrite") == 130
+    err = capsys.readouterr().err
+    assert "interrupted; no epoch had finished, so no checkpoint was written" in err
+    assert f"{old} is unchanged" in err and "checkpointed" not in err
+    assert _snapshot(old) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_interrupted_fresh_run_before_a_checkpoint_writes_nothing(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    _interrupt_at_step(monkeypatch, 2)
+    assert _train(tiny, tmp_path / "out") == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint was written; nothing was written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_overwrite_after_a_checkpoint_replaces_and_resumes(
+    tiny, finished, tmp_path, monkeypatch, capsys
+):
+    old = _copy(finished, tmp_path)
+    (old / "old-only.txt").write_text("from the previous output")
+    _interrupt_at_step(monkeypatch, 8)  # epoch 2, step 2: epoch 1 is checkpointed
+    assert _train(tiny, old, "--overwrite") == 130
+    err = capsys.readouterr().err
+    run = "fw-lora-tiny-bert--train-seed42"
+    assert (
+        f"kept in {old} (replacing the previous output): run {run} checkpointed after epoch 1"
+        in err
+    )
+    assert "--resume (instead of --overwrite)" in err
+    assert not (old / "old-only.txt").exists()
+    assert (old / "runs" / run / "checkpoint.pt").is_file()
+    assert (old / MARKER).is_file()
+
+    monkeypatch.undo()
+    assert _train(tiny, old, "--resume") == 0
+    capsys.readouterr()
+    metrics = json.loads((old / "runs" / run / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["epochs"]] == [1, 2]
+
+
+def test_interrupted_resume_says_where_the_checkpoint_is(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    _interrupt_at_step(monkeypatch, 8)
+    assert _train(tiny, out, epochs=3) == 130
+    capsys.readouterr()
+    _interrupt_at_step(monkeypatch, 2)  # counts afresh: step 2 of epoch 2 of the resumed run
+    assert _train(tiny, out, "--resume", epochs=3) == 130
+    err = capsys.readouterr().err
+    assert f"kept in {out}: run fw-lora-tiny-bert--train-seed42 checkpointed after epoch 1" in err
+    assert "continue with the same command and --resume" in err
+
+
+def test_peak_memory_is_measured_per_run():
+    """CPU: a sampled peak of the process's RSS between start and stop, so a later run does
+    not inherit an earlier run's peak (the old figure was the process's running maximum)."""
+    import numpy as np
+    import torch
+
+    with PeakMemory(torch.device("cpu"), interval=0.002) as first:
+        assert first.kind == "cpu_rss_sampled_peak"
+        base = first.peak_mb()
+        block = np.ones(256 * 2**20 // 8)  # 256 MiB, touched
+        high = first.peak_mb()
+        del block
+    with PeakMemory(torch.device("cpu"), interval=0.002) as second:
+        low = second.peak_mb()
+    assert high - base > 200
+    assert low < high - 150
+
+
+def test_a_failure_after_a_checkpoint_keeps_it_and_says_where(tiny, tmp_path, monkeypatch, capsys):
+    real = train_module._train_step
+    calls = {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_step", step)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _train(tiny, out)
+    err = capsys.readouterr().err
+    run = "fw-lora-tiny-bert--train-seed42"
+    assert f"kept in {out}: run {run} checkpointed after epoch 1" in err
+    assert (out / "runs" / run / "checkpoint.pt").is_file() and (out / MARKER).is_file()
