@@ -34,6 +34,7 @@ from fwlora.harness.checkpoint import (
 )
 from fwlora.harness.config import FISHER_METHODS, RunConfig, save_config
 from fwlora.harness.data import TaskData, load_task
+from fwlora.harness.errors import HarnessError
 from fwlora.harness.evaluation import evaluate
 from fwlora.harness.metrics import classification_metrics, primary_metric
 from fwlora.harness.models import AdapterInfo, adalora_final_ranks, attach_adapters, load_backbone
@@ -172,7 +173,12 @@ def _train_run(
             progress["epoch"] = epoch
             save_checkpoint(run_dir / CHECKPOINT, run.model, run.optimizer, run.scheduler, progress)
             say(_epoch_line(run, row), cfg.quiet)
-    assert final_preds is not None and best_preds is not None  # cfg.epochs >= 1
+    if final_preds is None or best_preds is None:  # finished checkpoint, predictions deleted
+        raise HarnessError(
+            f"run {run_dir}: its checkpoint is after the last epoch but its predictions are "
+            "missing (metrics.json or predictions were deleted); delete this run folder to "
+            "train the run again"
+        )
     return _finish(run, progress, best_preds, final_preds)
 
 
@@ -344,8 +350,9 @@ def _finish(
         "final_epoch": cfg.epochs,
     }
     (run_dir / "predictions.json").write_text(json.dumps(predictions))
-    (run_dir / PARTIAL_PREDICTIONS).unlink(missing_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # Last: until metrics.json exists, --resume needs the partial predictions.
+    (run_dir / PARTIAL_PREDICTIONS).unlink(missing_ok=True)
     return metrics
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -66,25 +67,43 @@ def is_dtensor(t: Any) -> bool:
     return isinstance(t, DTensor)
 
 
-def current_factors(matrix: AdapterMatrix) -> tuple[torch.Tensor, torch.Tensor]:
+def current_factors(matrix: AdapterMatrix) -> tuple[nn.Parameter, nn.Parameter]:
     """The LoRA factors `matrix.module` holds now (FSDP2 replaces them when it shards, and
     swaps in unsharded ones for the duration of forward and backward)."""
-    module, adapter = matrix.module, matrix.adapter
+    module: Any = matrix.module
+    adapter = matrix.adapter
     if matrix.kind == "embedding":
         return module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
     return module.lora_A[adapter].weight, module.lora_B[adapter].weight
 
 
+def _accelerate_fsdp_version() -> int | None:
+    """The FSDP version of accelerate's active plugin, when accelerate is in use (never
+    imports it: the Trainer and ``Accelerator(fsdp_plugin=...)`` announce FSDP through
+    ACCELERATE_USE_FSDP without FSDP_VERSION)."""
+    state = sys.modules.get("accelerate.state")
+    shared = getattr(getattr(state, "AcceleratorState", None), "_shared_state", None)
+    plugin = shared.get("fsdp_plugin") if isinstance(shared, dict) else None
+    version = getattr(plugin, "fsdp_version", None)
+    return int(version) if version is not None else None
+
+
 def _env_engine() -> str | None:
-    """The sharding engine accelerate's launcher announced through the environment."""
+    """The sharding engine accelerate announced (launcher flags, or its plugin), if refused."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").strip().lower() in _TRUE:
         return "DeepSpeed: not supported (ACCELERATE_USE_DEEPSPEED is set)"
     if os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in _TRUE:
-        version = os.environ.get("FSDP_VERSION", "1").strip()
-        if version != "2":
+        version = _accelerate_fsdp_version()
+        source = "accelerate's FSDP plugin"
+        if version is None:
+            # `accelerate launch --use_fsdp` always sets it; accelerate's own default is 1.
+            version = int(os.environ.get("FSDP_VERSION", "1").strip() or "1")
+            source = "FSDP_VERSION" if "FSDP_VERSION" in os.environ else "accelerate's default"
+        if version != 2:
             return (
-                f"FSDP: not supported with FSDP_VERSION={version} (ACCELERATE_USE_FSDP is set): "
-                "FSDP1's flat parameters hide the LoRA factors; use fsdp_version 2"
+                f"FSDP: not supported with FSDP version {version} (ACCELERATE_USE_FSDP is set, "
+                f"version from {source}): FSDP1's flat parameters hide the LoRA factors; "
+                "use fsdp_version 2"
             )
     return None
 
@@ -210,25 +229,6 @@ def current_matrices(
     return fresh if replaced else None
 
 
-def refuse_sharding(
-    matrices: Sequence[AdapterMatrix], optimizer: torch.optim.Optimizer | None = None
-) -> None:
-    """ValueError for unsupported sharding; with `optimizer`, also for stale factors.
-
-    Strict form of `current_matrices` for callers that cannot adopt re-read factors: any
-    replacement of the factors since they were found is refused.
-    """
-    if optimizer is None:
-        check_sharding(matrices)
-        return
-    if current_matrices(matrices, optimizer) is not None:
-        raise ValueError(
-            "optimizer: the model's LoRA parameters were replaced after FW-LoRA was built "
-            "(fully_shard / FSDP2 wrapping); build FW-LoRA and the optimizer after "
-            f"fully_shard(model). {_HINT}"
-        )
-
-
 def sq_norm_sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor | None:
     """Σ ‖t‖² over `tensors` as a float64 0-d tensor, None when there are none.
 
@@ -253,8 +253,8 @@ def sq_norm_sum(tensors: Iterable[torch.Tensor]) -> torch.Tensor | None:
 
 
 def _sq_sum(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float64)
-    return torch.stack(list(norms)).square().sum()
+    norms = torch._foreach_norm(list(tensors))
+    return torch.stack([n.to(torch.float64) for n in norms]).square().sum()
 
 
 def sharded_sum(values: Sequence[tuple[torch.Tensor, Any]]) -> torch.Tensor:
@@ -317,7 +317,7 @@ def get_optimizer_state_dict(
     """
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict as _get
 
-    state = _get(model, optimizer, options=options)
+    state: dict[str, Any] = dict(_get(model, optimizer, options=options))
     state[STATE_KEY] = json.dumps(_fisher_entry(optimizer))
     return state
 

@@ -52,6 +52,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.utils.hooks import RemovableHandle
 
+from fwlora.optim.distributed import is_dtensor
 from fwlora.optim.targets import AdapterMatrix
 
 ESTIMATORS = ("exact", "sketch")
@@ -130,7 +131,14 @@ def _grads_unset(matrix: AdapterMatrix) -> bool:
         current = [module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]]
     else:
         current = [module.lora_A[adapter].weight, module.lora_B[adapter].weight]
-    return all(p.grad is None for p in (matrix.lora_A, matrix.lora_B, *current))
+    stored = (matrix.lora_A, matrix.lora_B)
+    if not any(is_dtensor(p) for p in stored) and any(c is not s for c, s in zip(current, stored)):
+        # The model's factors were replaced since FW-LoRA found them (fully_shard after it was
+        # built; adopted at the first optimizer step): the gradients that tell a new step are
+        # on parameters not known yet, so none is started. Only statistics of a step skipped
+        # by a GradScaler before the first step taken would then count into the next.
+        return False
+    return all(p.grad is None for p in (*stored, *current))
 
 
 def _graph_task() -> int:

@@ -1,0 +1,508 @@
+"""Run by tests/test_fsdp2.py under `torchrun --nproc_per_node=2` (gloo, CPU): FW-LoRA on FSDP2.
+
+One launch runs every scenario (a torchrun start costs more than all of them together); each
+rank trains on its own data. Rank 0 writes {scenario: result} to argv[1] as JSON; argv[2] is a
+scratch directory for the distributed checkpoint. A scenario that raises records the error
+(the same on both ranks: FW-LoRA's refusals come before any collective).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+warnings.simplefilter("ignore")  # third-party noise; the test checks results, not warnings
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.distributed.checkpoint as dcp  # noqa: E402
+from torch.distributed.checkpoint.state_dict import (  # noqa: E402
+    get_model_state_dict,
+    set_model_state_dict,
+)
+from torch.distributed.fsdp import fully_shard  # noqa: E402
+from torch.distributed.tensor import DTensor, Shard  # noqa: E402
+from torch.distributed.tensor.debug import CommDebugMode  # noqa: E402
+
+from fwlora import FisherAdamW  # noqa: E402
+from fwlora.optim import distributed as fw_dist  # noqa: E402
+from fwlora.optim.penalty import FisherPenalty  # noqa: E402
+from fwlora.optim.targets import find_adapter_matrices  # noqa: E402
+from tiny import batches, tiny_lora_model  # noqa: E402
+
+WARMUP, STEPS = 4, 8
+FW = {"lr": 1e-2, "warmup": WARMUP, "lam": 1e-3, "alpha": 0.7, "weight_decay": 0.01}
+
+
+def initial_weights(trained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trainable weights a run started from: every run starts from tiny_lora_model(seed=0)
+    with the LoRA rank its factors show."""
+    rank = next(w.shape[0] for n, w in trained.items() if "lora_A" in n)
+    return weights(tiny_lora_model(seed=0, dtype=torch.float32, rank=rank))
+
+
+def shard(model: torch.nn.Module, **kwargs) -> None:
+    """FSDP2 as the peft / trl recipes apply it: each transformer layer, then the root."""
+    for layer in model.base_model.model.roberta.encoder.layer:
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+
+
+def data(rank: int, n: int) -> list[dict]:
+    return batches(n, batch_size=2, seed=100 + rank)
+
+
+def train(net, model, opt, batches_, *, first: int = 0, steps: int = STEPS, accumulate: int = 1):
+    """Optimizer steps first+1..steps; with `accumulate` > 1 the gradient sync waits for the
+    last micro-batch (DDP's no_sync, FSDP2's set_requires_gradient_sync(False)), as the
+    Trainer and accelerate do."""
+    for step in range(first, steps):
+        for k in range(accumulate):
+            last = k == accumulate - 1
+            ctx = contextlib.nullcontext()
+            if isinstance(net, torch.nn.parallel.DistributedDataParallel):
+                if not last:
+                    ctx = net.no_sync()
+            elif accumulate > 1:
+                net.set_requires_gradient_sync(last)
+            with ctx:
+                loss = net(**batches_[step * accumulate + k]).loss / accumulate
+                loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    """Every trainable parameter, whole (gathered from the FSDP2 shards)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            out[name] = (p.full_tensor() if isinstance(p, DTensor) else p.detach()).clone()
+    return out
+
+
+def summary(model, opt) -> dict:
+    fw = opt.fisher_weighting
+    return {
+        "weights": weights(model),
+        "importance": fw.importance,
+        "fisher": fw.fisher,
+        "step": fw.step,
+        "penalty": float(opt.penalty_value()),
+        "ratios": fw.penalty_grad_ratios(),
+        "factor_types": sorted({type(m.lora_A).__name__ for m in fw.matrices}),
+    }
+
+
+def compare(a: dict, b: dict) -> dict:
+    start = initial_weights(a["weights"])
+    ia, ib = list(a["importance"].values()), list(b["importance"].values())
+    return {
+        "importance_max_diff": max(abs(x - y) for x, y in zip(ia, ib)),
+        "fisher_max_rel_diff": max(
+            abs(x - y) / max(abs(x), 1e-30)
+            for x, y in zip(a["fisher"].values(), b["fisher"].values())
+        ),
+        "weight_max_diff": max(
+            float((a["weights"][n] - b["weights"][n]).abs().max()) for n in a["weights"]
+        ),
+        "weight_names_equal": sorted(a["weights"]) == sorted(b["weights"]),
+        "moved": max(float((v - start[n]).abs().max()) for n, v in a["weights"].items()),
+        "penalty": [a["penalty"], b["penalty"]],
+        "ratios": [a["ratios"], b["ratios"]],
+        "steps": [a["step"], b["step"]],
+        "factor_types": [a["factor_types"], b["factor_types"]],
+        "importance": ia,
+    }
+
+
+def run_ddp(rank: int, *, lora_rank: int = 4, accumulate: int = 1, **options) -> dict:
+    model = tiny_lora_model(seed=0, dtype=torch.float32, rank=lora_rank)
+    net = torch.nn.parallel.DistributedDataParallel(model)
+    opt = FisherAdamW(model, **{**FW, **options})
+    train(net, model, opt, data(rank, STEPS * accumulate), accumulate=accumulate)
+    return summary(model, opt)
+
+
+def run_fsdp2(rank: int, *, lora_rank: int = 4, accumulate: int = 1, mesh=None, **options) -> dict:
+    model = tiny_lora_model(seed=0, dtype=torch.float32, rank=lora_rank)
+    shard(model, mesh=mesh)
+    opt = FisherAdamW(model, **{**FW, **options})  # built after sharding: FSDP2's own rule
+    train(model, model, opt, data(rank, STEPS * accumulate), accumulate=accumulate)
+    return summary(model, opt)
+
+
+# ------------------------------------------------------------------ scenarios
+def scenario_equivalence(rank: int, cache: dict) -> dict:
+    cache["ddp"], cache["fsdp2"] = run_ddp(rank), run_fsdp2(rank)
+    return compare(cache["ddp"], cache["fsdp2"])
+
+
+def scenario_uneven_shards(rank: int, cache: dict) -> dict:
+    # r = 3 on 2 ranks: A (3 × in) is sharded 2 / 1 rows.
+    return compare(run_ddp(rank, lora_rank=3), run_fsdp2(rank, lora_rank=3))
+
+
+def scenario_hsdp(rank: int, cache: dict) -> dict:
+    """HSDP's layout (Replicate(), Shard(0)) on a 2 × 1 mesh: 2 replicas of 1 shard each."""
+    from torch.distributed.tensor import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (2, 1), mesh_dim_names=("replicate", "shard"))
+    result = compare(cache["ddp"], run_fsdp2(rank, mesh=mesh))
+    model = tiny_lora_model(seed=0, dtype=torch.float32)
+    shard(model, mesh=mesh)
+    result["placements"] = str(find_adapter_matrices(model)[0].lora_A.placements)
+    return result
+
+
+def scenario_decoupled(rank: int, cache: dict) -> dict:
+    # penalty="decoupled": AdamW's decay of each adapter scaled by (1 - I_m), on the shards.
+    options = {"penalty": "decoupled", "weight_decay": 0.5}
+    return compare(run_ddp(rank, **options), run_fsdp2(rank, **options))
+
+
+def scenario_accumulation(rank: int, cache: dict) -> dict:
+    return compare(run_ddp(rank, accumulate=2), run_fsdp2(rank, accumulate=2))
+
+
+def built_before_remapped(rank: int, accumulate: int = 1) -> dict:
+    """accelerate.prepare's order: optimizer first, then fully_shard, then the optimizer's
+    param_groups remapped to the sharded parameters by name (fsdp2_switch_optimizer_parameters).
+    With `accumulate`, every micro-batch syncs (no no_sync): the first step's statistics are
+    taken before FW-LoRA has seen the sharded parameters."""
+    model = tiny_lora_model(seed=0, dtype=torch.float32)
+    opt = FisherAdamW(model, **FW)
+    names = {id(p): n for n, p in model.named_parameters()}
+    old = [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
+    shard(model)
+    new = dict(model.named_parameters())
+    for group, group_names in zip(opt.param_groups, old):
+        group["params"] = [new[n] for n in group_names]
+    batches_ = data(rank, STEPS * accumulate)
+    for step in range(STEPS):
+        for k in range(accumulate):
+            (model(**batches_[step * accumulate + k]).loss / accumulate).backward()
+        opt.step()
+        opt.zero_grad()
+    return summary(model, opt)
+
+
+def scenario_built_before_remapped(rank: int, cache: dict) -> dict:
+    return compare(cache["ddp"], built_before_remapped(rank))
+
+
+def scenario_built_before_remapped_accumulation(rank: int, cache: dict) -> dict:
+    return compare(run_ddp(rank, accumulate=2), built_before_remapped(rank, accumulate=2))
+
+
+def scenario_built_before_not_remapped(rank: int, cache: dict) -> dict:
+    model = tiny_lora_model(seed=0, dtype=torch.float32)
+    opt = FisherAdamW(model, **FW)
+    shard(model)
+    batch = data(rank, 1)[0]
+    model(**batch).loss.backward()
+    opt.step()  # raises
+    return {"error": None}
+
+
+def scenario_penalty_exact(rank: int, cache: dict) -> dict:
+    """add_gradients / value on sharded factors vs the same on whole ones (float64), and the
+    collectives they run: per shape group, one all-gather of A and one all-reduce of BᵀB
+    (A sharded on r, FSDP2's default); two r × r all-reduces when A is sharded along in."""
+    out = {}
+    for layout, kwargs in (
+        ("default", {}),
+        ("a_on_in", {"shard_placement_fn": lambda p: Shard(1) if p.shape[0] == 4 else None}),
+    ):
+        reference = tiny_lora_model(seed=0, dtype=torch.float64)
+        model = tiny_lora_model(seed=0, dtype=torch.float64)
+        shard(model, **kwargs)
+        whole, parts = find_adapter_matrices(reference), find_adapter_matrices(model)
+        factors = torch.linspace(0.1, 1.0, len(whole), dtype=torch.float64).tolist()
+        errors = []
+        results = {}
+        for name, matrices in (("whole", whole), ("sharded", parts)):
+            penalty = FisherPenalty(matrices)
+            penalty.set_factors(factors)
+            zero_grads(matrices)
+            with CommDebugMode() as comm:
+                penalty.add_gradients(0.5)
+            grads = [(m.lora_A.grad.clone(), m.lora_B.grad.clone()) for m in matrices]
+            zero_grads(matrices)
+            sq = penalty.add_gradients(0.5, measure=True)
+            results[name] = (grads, sq, penalty.value(), comm.get_comm_counts())
+        for (gw_a, gw_b), (gs_a, gs_b) in zip(results["whole"][0], results["sharded"][0]):
+            errors.append(float((gw_a - gs_a.full_tensor()).abs().max()))
+            errors.append(float((gw_b - gs_b.full_tensor()).abs().max()))
+        for mw, ms in zip(whole, parts):  # the same weights on both sides
+            errors.append(float((mw.lora_A - ms.lora_A.full_tensor()).abs().max()))
+            errors.append(float((mw.lora_B - ms.lora_B.full_tensor()).abs().max()))
+        _, sq_w, value_w, _ = results["whole"]
+        _, sq_s, value_s, counts = results["sharded"]
+        groups = len(FisherPenalty(parts).groups)
+        out[layout] = {
+            "grad_max_err": max(errors),
+            "grad_scale": max(float(g.abs().max()) for pair in results["whole"][0] for g in pair),
+            "value_rel_err": abs(float(value_w) - float(value_s)) / abs(float(value_w)),
+            "measure_rel_err": abs(float(sq_w) - float(sq_s)) / abs(float(sq_w)),
+            "groups": groups,
+            "placements_A": str(parts[0].lora_A.placements),
+            "comm_counts": {getattr(k, "__name__", str(k)): v for k, v in counts.items()},
+        }
+    return out
+
+
+def zero_grads(matrices) -> None:
+    for m in matrices:
+        for p in (m.lora_A, m.lora_B):
+            p.grad = torch.zeros_like(p)
+
+
+def scenario_resume(rank: int, cache: dict, scratch: Path) -> dict:
+    """Save mid-warm-up (step 3 of 4, an observation not yet in the core) with
+    torch.distributed.checkpoint, resume in fresh objects, and run on in lock-step with the
+    uninterrupted run of `equivalence`."""
+    ckpt = scratch / "ckpt-3"
+    batches_ = data(rank, STEPS)
+    model = tiny_lora_model(seed=0, dtype=torch.float32)
+    shard(model)
+    opt = FisherAdamW(model, **FW)
+    train(model, model, opt, batches_, steps=3)
+    optim_state = fw_dist.get_optimizer_state_dict(model, opt)
+    has_entry = isinstance(optim_state.get("fwlora"), str)
+    dcp.save({"model": get_model_state_dict(model), "optim": optim_state}, checkpoint_id=ckpt)
+
+    model2 = tiny_lora_model(seed=1, dtype=torch.float32)  # other weights: the load must matter
+    shard(model2)
+    opt2 = FisherAdamW(model2, **FW)
+    state = {
+        "model": get_model_state_dict(model2),
+        "optim": fw_dist.get_optimizer_state_dict(model2, opt2),
+    }
+    dcp.load(state, checkpoint_id=ckpt)
+    set_model_state_dict(model2, state["model"])
+    fw_dist.set_optimizer_state_dict(model2, opt2, state["optim"])
+    step_after_load = opt2.fisher_weighting.step
+    train(model2, model2, opt2, batches_, first=3)
+    result = compare(cache["fsdp2"], summary(model2, opt2))
+    result.update(has_entry=has_entry, step_after_load=step_after_load)
+
+    # torch's own set_optimizer_state_dict drops the entry: refused, not silently reset.
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    plain = {k: v for k, v in state["optim"].items() if k != "fwlora"}
+    try:
+        set_optimizer_state_dict(model2, opt2, plain)
+        result["plain_load_error"] = None
+    except ValueError as exc:
+        result["plain_load_error"] = str(exc)
+    return result
+
+
+def _force_accelerate_fsdp(accelerator, plugin) -> None:
+    """accelerate enables FSDP only on GPU-like backends; on CPU it would silently use DDP.
+    Set the distributed type by hand: everything after this is accelerate's own code."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    PartialState().distributed_type = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+    assert accelerator.is_fsdp2
+
+
+def _trainer_run(output_dir: Path, fsdp: bool) -> dict:
+    from transformers import Trainer
+
+    from fwlora.integrations import FisherCallback
+    from fwlora.integrations.trainer import fisher_adamw_class
+    from integration_helpers import TinyDataset, reset_accelerate, training_args
+
+    reset_accelerate()
+    model = tiny_lora_model(seed=0, dtype=torch.float32)
+    extra = {}
+    if fsdp:
+        extra = {
+            "fsdp": True,
+            "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["RobertaLayer"]},
+        }
+    args = training_args(
+        output_dir,
+        max_steps=STEPS,
+        ddp_backend="gloo",
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_grad_norm=1.0,
+        logging_steps=2,  # FisherCallback logs the penalty: a collective under FSDP2
+        **extra,
+    )
+    options = {k: v for k, v in FW.items() if k not in ("lr", "weight_decay")}
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=TinyDataset(64),
+        optimizer_cls_and_kwargs=(fisher_adamw_class(model, **options), {"lr": FW["lr"]}),
+    )
+    if fsdp:
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        _force_accelerate_fsdp(
+            trainer.accelerator, FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
+        )
+        trainer.is_fsdp_enabled = True
+    callback = FisherCallback(trainer)
+    trainer.add_callback(callback)
+    logged: list[float] = []
+    metrics = callback.metrics
+
+    def recording_metrics() -> dict:
+        out = metrics()
+        logged.append(out["fwlora/penalty"])
+        return out
+
+    callback.metrics = recording_metrics
+    trainer.train()
+    opt = trainer.optimizer.optimizer
+    result = summary(model, opt)
+    result["logged_penalties"] = logged
+    reset_accelerate()
+    return result
+
+
+def scenario_trainer_fsdp2(rank: int, cache: dict, scratch: Path) -> dict:
+    """The Trainer with fsdp_config version 2 (it builds FisherAdamW through
+    optimizer_cls_and_kwargs before sharding; accumulation 2, clipping; FisherCallback logging
+    the penalty every 2 steps, on every rank) vs the same Trainer under DDP."""
+    ddp = _trainer_run(scratch / "trainer-ddp", fsdp=False)
+    fsdp2 = _trainer_run(scratch / "trainer-fsdp2", fsdp=True)
+    result = compare(ddp, fsdp2)
+    result["logged_penalties"] = [ddp["logged_penalties"], fsdp2["logged_penalties"]]
+    return result
+
+
+def scenario_accelerate_fsdp2(rank: int, cache: dict) -> dict:
+    """accelerate's own FSDP2 route: Accelerator(fsdp_plugin=FSDP2), prepare(model, optimizer)
+    (accelerate shards the model and remaps the optimizer), accumulate() (no_sync through
+    set_requires_gradient_sync). accelerate enables FSDP only on GPU-like backends, so the
+    distributed type is forced here; everything after that is accelerate's code. Runs last:
+    accelerate's state is process-wide."""
+    from accelerate import Accelerator
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from integration_helpers import reset_accelerate
+
+    reset_accelerate()
+
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=["RobertaLayer"],
+    )
+    accelerator = Accelerator(cpu=True, fsdp_plugin=plugin, gradient_accumulation_steps=2)
+    _force_accelerate_fsdp(accelerator, plugin)
+    model = tiny_lora_model(seed=0, dtype=torch.float32)
+    opt = FisherAdamW(model, **FW)  # before prepare(), as accelerate and the Trainer do
+    model, prepared = accelerator.prepare(model, opt)
+    syncs: list[bool] = []
+    set_sync = model.set_requires_gradient_sync
+
+    def recording_set_sync(value: bool, **kwargs) -> None:
+        syncs.append(value)
+        set_sync(value, **kwargs)
+
+    model.set_requires_gradient_sync = recording_set_sync
+    for batch in data(rank, STEPS * 2):
+        with accelerator.accumulate(model):
+            accelerator.backward(model(**batch).loss)
+            prepared.step()
+            prepared.zero_grad()
+    result = compare(run_ddp(rank, accumulate=2), summary(model, opt))
+    result["syncs"] = syncs[:4]
+    reset_accelerate()
+    return result
+
+
+def scenario_layouts_refused(rank: int, cache: dict) -> dict:
+    """DTensor factors that are not FSDP2's: two Shard placements (tensor parallelism on a
+    2-D mesh), and a mesh over part of the world. Each must be refused."""
+    import dataclasses
+
+    from torch.distributed.tensor import distribute_tensor, init_device_mesh
+
+    model = tiny_lora_model(seed=0, dtype=torch.float32)
+    (m, *_) = find_adapter_matrices(model)
+    out = {}
+    mesh2d = init_device_mesh("cpu", (1, 2), mesh_dim_names=("dp", "tp"))
+    cases = {
+        "two_shards": (mesh2d, [Shard(0), Shard(1)]),
+        "part_of_world": (mesh2d["dp"], [Shard(0)]),
+        "fsdp_like": (mesh2d["tp"], [Shard(0)]),
+    }
+    for case, (mesh, placements) in cases.items():
+        a = torch.nn.Parameter(distribute_tensor(m.lora_A.detach(), mesh, placements))
+        b = torch.nn.Parameter(distribute_tensor(m.lora_B.detach(), mesh, placements))
+        try:
+            fw_dist.check_sharding([dataclasses.replace(m, lora_A=a, lora_B=b)])
+            out[case] = None
+        except ValueError as exc:
+            out[case] = str(exc)
+    return out
+
+
+SCENARIOS = [
+    ("equivalence", scenario_equivalence),
+    ("uneven_shards", scenario_uneven_shards),
+    ("hsdp", scenario_hsdp),
+    ("decoupled", scenario_decoupled),
+    ("accumulation", scenario_accumulation),
+    ("built_before_remapped", scenario_built_before_remapped),
+    ("built_before_remapped_accumulation", scenario_built_before_remapped_accumulation),
+    ("built_before_not_remapped", scenario_built_before_not_remapped),
+    ("penalty_exact", scenario_penalty_exact),
+    ("resume", scenario_resume),
+    ("layouts_refused", scenario_layouts_refused),
+    # accelerate's state is process-wide: these two reset it before and after.
+    ("trainer_fsdp2", scenario_trainer_fsdp2),
+    ("accelerate_fsdp2", scenario_accelerate_fsdp2),
+]
+
+
+def main(result_path: str, scratch: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    only = set(os.environ.get("FSDP2_SCENARIOS", "").split(",")) - {""}
+    cache: dict = {}
+    results: dict = {}
+    for name, fn in SCENARIOS:
+        if only and name not in only:
+            continue
+        try:
+            if name in ("resume", "trainer_fsdp2"):
+                results[name] = fn(rank, cache, Path(scratch))
+            else:
+                results[name] = fn(rank, cache)
+        except Exception as exc:  # recorded; the test decides whether it was expected
+            results[name] = {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()[-2000:],
+            }
+        dist.barrier()
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, json.dumps(results, sort_keys=True))
+    if rank == 0:
+        Path(result_path).write_text(json.dumps({"ranks": [json.loads(r) for r in everyone]}))
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    os._exit(0)

@@ -1,0 +1,273 @@
+"""FW-LoRA under FSDP2 (torch.distributed.fsdp.fully_shard), 2 ranks on gloo / CPU.
+
+One torchrun launch of tests/fsdp2_worker.py runs every scenario (module fixture); each test
+below reads its part. Each rank trains on its own data; the DDP run (already supported) is the
+reference. The refusals that need no process group are tested in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fwlora import FisherAdamW
+from fwlora.optim import distributed as fw_dist
+from tiny import batches, loss_of, tiny_lora_model
+
+HERE = Path(__file__).resolve().parent
+WEIGHT_TOL = 1e-5  # fp32, 8 steps: the issue's bound
+IMPORTANCE_TOL = 1e-6
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """{scenario: result} from rank 0, after checking both ranks reported the same."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        torchrun = shutil.which("torchrun")
+    assert torchrun, "torchrun not found beside the interpreter"
+    tmp = tmp_path_factory.mktemp("fsdp2")
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    result_path = tmp / "result.json"
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        str(HERE / "fsdp2_worker.py"),
+        str(result_path),
+        str(tmp / "scratch"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = json.loads(result_path.read_text())["ranks"]
+    # Every rank computed the same importances, weights (gathered), penalty and ratios.
+    assert r0 == r1
+    return r0
+
+
+def _ok(result: dict) -> dict:
+    assert "error" not in result, result.get("traceback", result.get("error"))
+    return result
+
+
+def _assert_equivalent(result: dict) -> None:
+    ddp_types, fsdp_types = result["factor_types"]
+    assert ddp_types == ["Parameter"] and fsdp_types == ["DTensor"]  # FSDP2 really sharded
+    assert result["steps"] == [8, 8]
+    assert result["weight_names_equal"]
+    assert result["importance_max_diff"] <= IMPORTANCE_TOL
+    assert result["fisher_max_rel_diff"] <= 1e-5  # float32 statistics, summed in another order
+    assert result["weight_max_diff"] <= WEIGHT_TOL
+    # The bound means something: the weights moved far more than it, and the penalty acted
+    # (‖∇P‖ / ‖∇L‖ of order 1 on the 4 penalised steps) with the same strength on both.
+    assert result["moved"] > 1e3 * WEIGHT_TOL
+    ddp_ratios, fsdp_ratios = result["ratios"]
+    assert len(ddp_ratios) == 4 and min(ddp_ratios) > 0.5
+    assert fsdp_ratios == pytest.approx(ddp_ratios, rel=1e-5)
+    assert result["penalty"][1] == pytest.approx(result["penalty"][0], rel=1e-5)
+    assert max(result["importance"]) > 3 * min(result["importance"])  # not uniform
+
+
+@pytest.mark.slow
+def test_fsdp2_matches_ddp(runs):
+    _assert_equivalent(_ok(runs["equivalence"]))
+
+
+@pytest.mark.slow
+def test_fsdp2_uneven_shards_match_ddp(runs):
+    # LoRA rank 3 on 2 ranks: A's rows split 2 / 1.
+    _assert_equivalent(_ok(runs["uneven_shards"]))
+
+
+@pytest.mark.slow
+def test_hsdp_layout_matches_ddp(runs):
+    result = _ok(runs["hsdp"])
+    assert result["placements"] == "(Replicate(), Shard(dim=0))"
+    _assert_equivalent(result)
+
+
+@pytest.mark.slow
+def test_fsdp2_decoupled_penalty_matches_ddp(runs):
+    result = _ok(runs["decoupled"])
+    assert result["factor_types"] == [["Parameter"], ["DTensor"]]
+    assert result["ratios"] == [[], []]  # the decoupled reading adds no gradient
+    assert result["importance_max_diff"] <= IMPORTANCE_TOL
+    assert result["weight_max_diff"] <= WEIGHT_TOL
+    assert result["moved"] > 1e3 * WEIGHT_TOL
+
+
+@pytest.mark.slow
+def test_fsdp2_gradient_accumulation_without_sync_matches_ddp(runs):
+    # set_requires_gradient_sync(False) on the first micro-batch (what accelerate and the
+    # Trainer do): its statistic must count although the sharded .grad is still unset.
+    _assert_equivalent(_ok(runs["accumulation"]))
+
+
+@pytest.mark.slow
+def test_built_before_sharding_and_remapped_like_accelerate(runs):
+    # accelerate.prepare(model, optimizer) under FSDP2: optimizer first, then fully_shard,
+    # then the optimizer remapped to the new parameters: FW-LoRA adopts them.
+    _assert_equivalent(_ok(runs["built_before_remapped"]))
+
+
+@pytest.mark.slow
+def test_built_before_sharding_remapped_with_accumulation(runs):
+    # Step 1's micro-batches are observed before FW-LoRA has adopted the sharded factors (at
+    # that step's optimizer call); each syncing micro-batch must still count.
+    _assert_equivalent(_ok(runs["built_before_remapped_accumulation"]))
+
+
+@pytest.mark.slow
+def test_accelerate_fsdp2_prepare_and_accumulate_match_ddp(runs):
+    # accelerate's real FSDP2 code (forced on CPU, where accelerate would fall back to DDP):
+    # prepare() shards and remaps the optimizer, accumulate() defers the gradient sync.
+    result = _ok(runs["accelerate_fsdp2"])
+    assert result["syncs"] == [False, True, False, True]
+    _assert_equivalent(result)
+
+
+@pytest.mark.slow
+def test_trainer_fsdp2_matches_trainer_ddp(runs):
+    # transformers.Trainer with fsdp_config version 2 (forced on CPU as above): it builds
+    # FisherAdamW (optimizer_cls_and_kwargs) before accelerate shards and remaps it; gradient
+    # accumulation 2, clipping, FisherCallback; vs the same Trainer under DDP.
+    result = _ok(runs["trainer_fsdp2"])
+    _assert_equivalent(result)
+    # FisherCallback logged P (a collective under FSDP2) at steps 2, 4, 6, 8 on both ranks.
+    ddp_logged, fsdp_logged = result["logged_penalties"]
+    assert len(fsdp_logged) == 4 and fsdp_logged[-1] > 0.0
+    assert fsdp_logged == pytest.approx(ddp_logged, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_built_before_sharding_not_remapped_is_refused(runs):
+    error = runs["built_before_not_remapped"].get("error") or ""
+    assert error.startswith("ValueError: optimizer: the model's LoRA parameters were replaced")
+    assert "Build the optimizer after fully_shard(model)" in error
+
+
+@pytest.mark.slow
+def test_sharded_penalty_is_exact_and_communicates_only_small_tensors(runs):
+    result = _ok(runs["penalty_exact"])
+    for layout in ("default", "a_on_in"):
+        r = result[layout]
+        assert r["grad_scale"] > 0.1  # the gradients compared are not all zero
+        assert r["grad_max_err"] <= 1e-12
+        assert r["value_rel_err"] <= 1e-12
+        assert r["measure_rel_err"] <= 1e-12
+    groups = result["default"]["groups"]
+    assert groups == 3
+    # FSDP2's default layout (A sharded on its rank dim): per shape group, one all-gather of
+    # the stacked A (n × r × in) and one all-reduce of the r × r BᵀB; nothing of W's size.
+    assert result["default"]["placements_A"] == "(Shard(dim=0),)"
+    assert result["default"]["comm_counts"] == {
+        "all_gather_into_tensor": groups,
+        "all_reduce": groups,
+    }
+    # A sharded along in (shard_placement_fn): both Gram matrices are r × r all-reduces.
+    assert result["a_on_in"]["placements_A"] == "(Shard(dim=1),)"
+    assert result["a_on_in"]["comm_counts"] == {"all_reduce": 2 * groups}
+
+
+@pytest.mark.slow
+def test_dcp_resume_runs_in_lock_step(runs):
+    result = _ok(runs["resume"])
+    assert result["has_entry"]  # get_optimizer_state_dict carried the FW-LoRA entry
+    assert result["step_after_load"] == 3  # saved mid-warm-up (K = 4)
+    assert result["factor_types"] == [["DTensor"], ["DTensor"]]
+    assert result["importance_max_diff"] == 0.0
+    assert result["weight_max_diff"] == 0.0
+    assert result["ratios"][0] == result["ratios"][1]
+    # torch's set_optimizer_state_dict alone drops the entry: refused, not a silent reset.
+    assert "no 'fwlora' entry" in (result["plain_load_error"] or "")
+
+
+@pytest.mark.slow
+def test_non_fsdp2_dtensor_layouts_are_refused(runs):
+    result = _ok(runs["layouts_refused"])
+    assert result["fsdp_like"] is None  # one Shard on a mesh over every rank: accepted
+    assert "not tensor parallelism" in result["two_shards"]
+    assert "device mesh of 1 of the 2 ranks" in result["part_of_world"]
+
+
+# ---------------------------------------------------------------- in-process refusals
+def test_fsdp1_flat_parameters_are_refused():
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, warmup=2)
+    first = opt.fisher_weighting.matrices[0]
+    # How FSDP1 marks every parameter it flattens (FSDP1 needs an accelerator to build).
+    first.lora_B._fsdp_flattened = True
+    try:
+        with pytest.raises(ValueError, match=r"FSDP: .* FSDP1 .*FSDP2 \(fully_shard\)"):
+            FisherAdamW(model, warmup=2)
+        loss_of(model, batches(1)[0]).backward()
+        with pytest.raises(ValueError, match=r"FSDP: .* FSDP1"):  # wrapped after building
+            opt.step()
+    finally:
+        del first.lora_B._fsdp_flattened
+
+
+def test_fsdp1_wrapper_in_the_model_is_refused():
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = tiny_lora_model()
+    # An FSDP1 wrapper in the module tree (a real one needs an accelerator to build).
+    wrapper = FullyShardedDataParallel.__new__(FullyShardedDataParallel)
+    torch.nn.Module.__init__(wrapper)
+    model.base_model.model.add_module("fsdp1", wrapper)
+    with pytest.raises(ValueError, match=r"FSDP: the model is wrapped by FSDP1"):
+        fw_dist.check_model(model)
+    fw_dist.check_model(tiny_lora_model())  # a plain peft model passes
+
+
+@pytest.mark.parametrize(
+    ("version", "refused"), [(None, True), ("1", True), ("2", False)], ids=["unset", "1", "2"]
+)
+def test_accelerate_fsdp_launch_flags(monkeypatch, version, refused):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    if version is None:
+        monkeypatch.delenv("FSDP_VERSION", raising=False)
+    else:
+        monkeypatch.setenv("FSDP_VERSION", version)
+    if refused:
+        with pytest.raises(ValueError, match=r"FSDP: not supported .*use fsdp_version 2"):
+            FisherAdamW(tiny_lora_model(), warmup=2)
+    else:
+        FisherAdamW(tiny_lora_model(), warmup=2)  # FSDP2: accepted
+
+
+def test_deepspeed_is_refused_pointing_to_fsdp2(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match=r"DeepSpeed: not supported.*FSDP2"):
+        FisherAdamW(tiny_lora_model(), warmup=2)
+
+
+def test_sq_norm_sum_of_plain_tensors():
+    tensors = [torch.tensor([3.0, 4.0]), torch.tensor([[1.0], [2.0]])]
+    total = fw_dist.sq_norm_sum(tensors)
+    assert total is not None and total.dtype == torch.float64
+    assert float(total) == pytest.approx(30.0, rel=1e-6)  # norms in float32, as before
+    assert fw_dist.sq_norm_sum([]) is None
