@@ -395,7 +395,12 @@ fn read_field(d: &Bound<'_, PyDict>, name: &'static str, kind: Kind) -> PyResult
         Kind::Schedule => {
             let s: String = v.extract().map_err(|_| bad("a string"))?;
             // Only the name here; from_fields checks it with ramp_steps.
-            Value::Schedule(Schedule::parse(&s, 1).map_err(err)?.name())
+            Value::Schedule(codec::schedule_name(&s).ok_or_else(|| {
+                arg_err(
+                    "schedule",
+                    format!("expected one of \"constant\", \"ramp\", got {s:?}"),
+                )
+            })?)
         }
         Kind::F64s => Value::F64s(v.extract().map_err(|_| bad("a list of floats"))?),
         Kind::OptF64s => Value::OptF64s(v.extract().map_err(|_| bad("a list of floats or None"))?),

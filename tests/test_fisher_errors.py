@@ -88,3 +88,70 @@ def test_closure_with_hook_attachment_is_refused():
     attach_fisher(sgd, model, warmup=2)
     with pytest.raises(ValueError, match="closure"):
         sgd.step(lambda: loss_of(model, batches(1)[0]))
+
+
+def test_unknown_option_lists_the_real_options():
+    with pytest.raises(ValueError, match="warm_up") as info:
+        FisherAdamW(tiny_lora_model(), warm_up=10)
+    listed = str(info.value).split("expected some of ")[1]
+    assert "alpha" in listed and "lam" in listed
+    assert "self" not in listed.split(", ") and "unknown" not in listed.split(", ")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "arg"),
+    [
+        ({"schedule": "constant", "ramp_steps": 50}, "ramp_steps"),  # would be dropped silently
+        ({"penalty": "decoupled", "lam": 0.5}, "lam"),  # λ is unused in that mode
+        ({"sync_ranks": False}, "sync_ranks"),  # removed: replicas would drift apart
+    ],
+)
+def test_options_that_would_be_silently_ignored_are_refused(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        FisherAdamW(tiny_lora_model(), **kwargs)
+
+
+def test_maximize_is_refused():
+    """AdamW with maximize=True would climb the penalty's gradient."""
+    with pytest.raises(ValueError, match="maximize"):
+        FisherAdamW(tiny_lora_model(), maximize=True)
+    model = tiny_lora_model()
+    sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, maximize=True)
+    with pytest.raises(ValueError, match="maximize"):
+        attach_fisher(sgd, model)
+
+
+def test_decoupled_without_weight_decay_is_refused():
+    with pytest.raises(ValueError, match="weight_decay=0"):
+        FisherAdamW(tiny_lora_model(), weight_decay=0.0, penalty="decoupled")
+
+
+def test_decoupled_state_cannot_be_loaded_into_sgd():
+    source = tiny_lora_model()
+    saved = FisherAdamW(source, weight_decay=0.1, warmup=2, penalty="decoupled").state_dict()
+    model = tiny_lora_model()
+    sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    fw = attach_fisher(sgd, model, warmup=2)
+    before = fw.state_dict()
+    with pytest.raises(ValueError, match="decoupled"):
+        fw.load_state_dict(saved["fwlora"])
+    assert fw.state_dict() == before and fw.options.penalty == "coupled"
+
+
+def test_penalty_value_is_the_term_in_effect():
+    """Scaled by the schedule, and 0 where no term is added (warm-up, decoupled)."""
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, lr=0.0, warmup=1, lam=0.5, schedule="ramp", ramp_steps=4)
+    data = batches(2)
+    assert float(opt.penalty_value()) == 0.0
+    opt.zero_grad()
+    loss_of(model, data[0]).backward()
+    opt.step()  # step 1 = K: the next step (2) has scale 1/4
+    fw = opt.fisher_weighting
+    full = float(fw.penalty.value(fw.core.base_factors()))
+    assert full > 0 and float(opt.penalty_value()) == pytest.approx(full / 4, rel=1e-12)
+    other = tiny_lora_model()
+    decoupled = FisherAdamW(other, lr=0.0, warmup=1, penalty="decoupled")
+    loss_of(other, data[0]).backward()
+    decoupled.step()
+    assert decoupled.phase == "frozen" and float(decoupled.penalty_value()) == 0.0

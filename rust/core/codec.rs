@@ -157,6 +157,11 @@ pub fn encode(state: &FisherCore) -> Vec<u8> {
 
 const SCHEDULES: [&str; 2] = ["constant", "ramp"];
 
+/// The schedule name as the schema holds it, or None for an unknown name.
+pub fn schedule_name(name: &str) -> Option<&'static str> {
+    SCHEDULES.iter().copied().find(|s| *s == name)
+}
+
 fn schedule_code(name: &str) -> u8 {
     SCHEDULES
         .iter()

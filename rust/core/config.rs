@@ -68,7 +68,11 @@ pub enum Schedule {
 impl Schedule {
     pub fn parse(name: &str, ramp_steps: u64) -> Result<Self, CoreError> {
         match name {
-            "constant" => Ok(Schedule::Constant),
+            "constant" if ramp_steps == 0 => Ok(Schedule::Constant),
+            "constant" => Err(CoreError::arg(
+                "ramp_steps",
+                format!("only used with schedule=\"ramp\"; expected 0, got {ramp_steps}"),
+            )),
             "ramp" if ramp_steps >= 1 => Ok(Schedule::Ramp { steps: ramp_steps }),
             "ramp" => Err(CoreError::arg(
                 "ramp_steps",

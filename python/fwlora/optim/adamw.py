@@ -84,7 +84,7 @@ class FisherAdamW(torch.optim.AdamW):
         ramp_steps: int = DEFAULTS.ramp_steps,
         refresh_every: int = DEFAULTS.refresh_every,
         flush_every: int = DEFAULTS.flush_every,
-        sync_ranks: bool = DEFAULTS.sync_ranks,
+        accumulation_steps: int = DEFAULTS.accumulation_steps,
         seed: int = DEFAULTS.seed,
         exclude: tuple[str, ...] = DEFAULTS.exclude,
         params: Any = None,
@@ -116,7 +116,7 @@ class FisherAdamW(torch.optim.AdamW):
             ramp_steps=ramp_steps,
             refresh_every=refresh_every,
             flush_every=flush_every,
-            sync_ranks=sync_ranks,
+            accumulation_steps=accumulation_steps,
             seed=seed,
             exclude=exclude,
         )

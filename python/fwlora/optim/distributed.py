@@ -42,14 +42,14 @@ _HINT = (
 )
 
 
-def mean_over_ranks(row: torch.Tensor, enabled: bool = True) -> torch.Tensor:
+def mean_over_ranks(row: torch.Tensor) -> torch.Tensor:
     """Σ over ranks / world of one step's statistics (M floats), when distributed.
 
     Called every observed step, inside step() where every rank is, so that reading the state
     (which the Trainer does on rank 0 only) never runs a collective. The same under DDP and
     FSDP2: the statistic comes from activations, which are per rank in both.
     """
-    if not (enabled and torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return row
     world = torch.distributed.get_world_size()
     if world == 1:

@@ -54,7 +54,12 @@ class FisherOptions:
         _CORE["refresh_every"], "0: frozen importances (the paper); N: recomputed every N steps"
     )
     flush_every: int = _opt(32, "warm-up steps kept on the device between core updates", minimum=1)
-    sync_ranks: bool = _opt(True, "average the statistic over torch.distributed ranks")
+    accumulation_steps: int = _opt(
+        1,
+        "backward passes per optimizer step: > 1 keeps the step's accumulated weight gradient "
+        "(out × in per matrix in warm-up; out × k with the sketch) for the exact statistic",
+        minimum=1,
+    )
     seed: int = _opt(0, "seed of the sketch's random projections", minimum=0)
     exclude: tuple[str, ...] = _opt(
         (), "LoRA modules left out of FW-LoRA: exact names or fnmatch patterns"
@@ -73,6 +78,12 @@ class FisherOptions:
             _check(f, getattr(self, f.name))
         # The core is the judge of its own options (ranges, names, schedule/ramp pairing).
         FisherCore(1, **self.core_options())
+        if self.penalty == "decoupled" and self.lam != _CORE["lam"]:
+            raise ValueError(
+                f'invalid `lam`: penalty="decoupled" does not use λ (each adapter\'s decay is '
+                f"weight_decay·(1 - I_m)), got lam={self.lam!r}; set the strength with "
+                'weight_decay, or use penalty="coupled"'
+            )
 
     @classmethod
     def from_kwargs(cls, **options: Any) -> FisherOptions:

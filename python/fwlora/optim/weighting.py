@@ -126,14 +126,17 @@ class FisherWeighting:
         return self.strength.history()
 
     def penalty_value(self) -> torch.Tensor:
-        """λ·Σ_m (1 - I_m)·‖ΔW_m‖²_F at the current weights (0 during warm-up); no host sync.
+        """The penalty term the next step adds to the objective, at the current weights:
+        scale(t + 1)·λ·Σ_m (1 - I_m)·‖ΔW_m‖²_F (the schedule's scale, 0 during warm-up); no
+        host sync. 0 with penalty="decoupled", which adds no term (its decay acts in the update).
 
         Under FSDP2 this is a collective (an r × r all-reduce and an all-gather of A per
         shape): call it on every rank."""
         factors = self.core.base_factors()
-        if factors is None:
+        scale = self.core.schedule_scale(self.step + 1)
+        if factors is None or scale == 0.0 or self.options.penalty == "decoupled":
             return torch.zeros((), device=self._device)
-        return self.penalty.value(factors)
+        return self.penalty.value(factors) * scale
 
     def summary(self) -> dict[str, Any]:
         """Phase, step, options, F and I per matrix: plain JSON-able values."""
@@ -181,11 +184,7 @@ class FisherWeighting:
                 f"optimizer: does not update the LoRA factors of {missing[:3]}"
                 f"{' ...' if len(missing) > 3 else ''}; build it from the same model"
             )
-        if self.options.penalty == "decoupled" and not has_decoupled_decay(optimizer):
-            raise ValueError(
-                'penalty: "decoupled" scales AdamW\'s decoupled weight decay; '
-                f'{type(optimizer).__name__} has none, use penalty="coupled"'
-            )
+        _check_optimizer_fits(optimizer, self.matrices, self.options.penalty)
         self._optimizer = optimizer
         self._sync_phase()
 
@@ -246,7 +245,7 @@ class FisherWeighting:
         scale = getattr(self._grad_scaler, "_scale", None)
         if scale is not None and self._grad_scaler.is_enabled():
             row = row / scale.to(row.device, torch.float64).square()
-        row = mean_over_ranks(row, self.options.sync_ranks)
+        row = mean_over_ranks(row)
         if not self._first_row_checked:
             self._first_row_checked = True
             self._warn_unobserved(row)
@@ -339,9 +338,12 @@ class FisherWeighting:
     def validate_state_dict(self, state: Any) -> FisherCore:
         """Checks `state` fits this model; returns the core it holds. Changes nothing."""
         core = check_fisher_state(state, self.names)
-        FisherOptions.from_kwargs(
-            **{**self.options.to_dict(), **_saved_options(state, core)}
-        )  # a saved mode this build does not know is refused here, before anything changes
+        saved = _saved_options(state, core)
+        # A saved mode this build does not know, or one this optimizer cannot apply, is
+        # refused here, before anything changes.
+        FisherOptions.from_kwargs(**{**self.options.to_dict(), **saved})
+        if self._optimizer is not None:
+            _check_optimizer_fits(self._optimizer, self.matrices, saved["penalty"])
         return core
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -378,6 +380,32 @@ class FisherWeighting:
             state, core = self._pending_load
             self._pending_load = None
             self._commit_load(state, core)
+
+
+def _check_optimizer_fits(
+    optimizer: torch.optim.Optimizer, matrices: list[AdapterMatrix], penalty: str
+) -> None:
+    """ValueError when `optimizer` would apply FW-LoRA wrongly to these factors."""
+    factors = {id(p) for m in matrices for p in (m.lora_A, m.lora_B)}
+    groups = [g for g in optimizer.param_groups if any(id(p) in factors for p in g["params"])]
+    if any(g.get("maximize", False) for g in groups):
+        raise ValueError(
+            "maximize: FW-LoRA adds the penalty's gradient for minimisation; a param group "
+            "with LoRA factors has maximize=True. Minimise the negated objective instead"
+        )
+    if penalty != "decoupled":
+        return
+    if not has_decoupled_decay(optimizer):
+        raise ValueError(
+            'penalty: "decoupled" scales AdamW\'s decoupled weight decay; '
+            f'{type(optimizer).__name__} has none, use penalty="coupled"'
+        )
+    if any(float(g.get("weight_decay", 0.0)) == 0.0 for g in groups):
+        raise ValueError(
+            'penalty: "decoupled" scales the weight decay of the LoRA factors by (1 - I_m), '
+            "but a param group holding them has weight_decay=0, so FW-LoRA would do nothing; "
+            'set weight_decay > 0, or use penalty="coupled"'
+        )
 
 
 def _saved_options(state: dict[str, Any], core: FisherCore) -> dict[str, Any]:
