@@ -71,18 +71,102 @@ def test_hooks_record_exact_weight_gradient_norms():
     assert fisher == pytest.approx([0.5 * v for v in expected], rel=1e-10)
 
 
-def test_accumulation_sums_micro_batch_statistics():
-    """Under gradient accumulation g_m is the sum of the micro-batch statistics (defined)."""
+def test_accumulation_without_the_option_sums_micro_batch_statistics_and_warns_once():
+    """accumulation_steps=1 with several backward passes per step: g_m is the sum of the
+    micro-batch statistics, and one warning names the cause and the way out."""
     model = tiny_lora_model(seed=12)
     micro = batches(3, seed=4)
     expected = [sum(v) for v in zip(*(_reference_sq_norms(model, b) for b in micro))]
-    opt = FisherAdamW(model, lr=0.0, warmup=2, alpha=0.5)
+    opt = FisherAdamW(model, lr=0.0, warmup=3, alpha=0.5)
     opt.zero_grad()
     for b in micro:
         loss_of(model, b).backward()
-    opt.step()
+    with pytest.warns(RuntimeWarning, match=r"3 backward passes.*accumulation_steps=N"):
+        opt.step()
     assert opt.fisher_weighting.step == 1  # one optimizer step, not three
     assert list(opt.fisher.values()) == pytest.approx([0.5 * v for v in expected], rel=1e-10)
+    opt.zero_grad()
+    for b in micro[:2]:
+        loss_of(model, b).backward()
+    opt.step()  # once per optimizer: no second warning (filterwarnings=error)
+
+
+def _accumulated_reference_sq_norms(model, micro):
+    """‖Σ_b ∂L_b/∂W_m‖²: W_m trainable, W_m.grad accumulated over all micro-batches."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for m in layers:
+        m.base_layer.weight.requires_grad_(True)
+    model.zero_grad()
+    for b in micro:
+        loss_of(model, b).backward()
+    values = [m.base_layer.weight.grad.pow(2).sum().item() for m in layers]
+    for m in layers:
+        m.base_layer.weight.requires_grad_(False)
+        m.base_layer.weight.grad = None
+    model.zero_grad()
+    return values
+
+
+@pytest.mark.parametrize("n_micro", [2, 4])
+def test_accumulation_steps_give_the_norm_of_the_accumulated_gradient(n_micro):
+    model = tiny_lora_model(seed=12)
+    micro = batches(n_micro, seed=4)
+    expected = _accumulated_reference_sq_norms(model, micro)
+    per_pass = [sum(v) for v in zip(*(_reference_sq_norms(model, b) for b in micro))]
+    assert max(abs(a / b - 1) for a, b in zip(per_pass, expected)) > 1e-3  # not the same
+    opt = FisherAdamW(model, lr=0.0, warmup=3, alpha=0.5, accumulation_steps=n_micro)
+    for _ in range(2):  # two steps: the accumulators start afresh at each
+        opt.zero_grad()
+        for b in micro:
+            loss_of(model, b).backward()
+        opt.step()
+    # F = (1 - α)·g + α·(1 - α)·g = 0.75·g after two equal steps.
+    assert list(opt.fisher.values()) == pytest.approx([0.75 * v for v in expected], rel=1e-12)
+    assert not opt.fisher_weighting.statistics._acc
+
+
+def test_sketch_accumulation_sketches_the_accumulated_gradient():
+    """accumulation_steps=2 over 2 micro-batches = one backward of the summed loss (same Ω)."""
+    micro = batches(2, seed=5)
+    accumulated_model, summed_model = tiny_lora_model(seed=15), tiny_lora_model(seed=15)
+    kw = {"lr": 0.0, "warmup": 3, "alpha": 0.5, "estimator": "sketch", "sketch_dim": 4}
+    accumulated = FisherAdamW(accumulated_model, accumulation_steps=2, **kw)
+    summed = FisherAdamW(summed_model, **kw)
+    accumulated.zero_grad()
+    for b in micro:
+        loss_of(accumulated_model, b).backward()
+    accumulated.step()
+    summed.zero_grad()
+    (loss_of(summed_model, micro[0]) + loss_of(summed_model, micro[1])).backward()
+    summed.step()
+    got, want = list(accumulated.fisher.values()), list(summed.fisher.values())
+    assert got == pytest.approx(want, rel=1e-12)
+    assert all(v > 0 for v in want)
+
+
+def test_eval_forward_between_warmup_steps_allocates_no_accumulator():
+    model = tiny_lora_model(seed=16)
+    data = batches(3, seed=6)
+    expected = [_reference_sq_norms(model, b) for b in data[:2]]
+    opt = FisherAdamW(model, lr=0.0, warmup=3, alpha=0.5)
+    stats = opt.fisher_weighting.statistics
+    allocated = []
+    fold = stats._fold
+    stats._fold = lambda: (allocated.extend(stats._acc), fold())  # type: ignore[method-assign]
+    for i, b in enumerate(data[:2]):
+        opt.zero_grad()
+        loss_of(model, b).backward()
+        opt.step()
+        with torch.no_grad():
+            loss_of(model, data[2])  # evaluation between steps
+        if i == 0:
+            assert stats._calls == [0] * len(stats.matrices)
+    assert not stats.shared and not allocated
+    # F = α·(1 - α)·g1 + (1 - α)·g2
+    want = [0.25 * a + 0.5 * b for a, b in zip(*expected)]
+    assert list(opt.fisher.values()) == pytest.approx(want, rel=1e-10)
 
 
 def test_sketch_importances_rank_like_exact_ones():

@@ -152,7 +152,7 @@ class FisherAdamW(torch.optim.AdamW):
         # Statistics of a step the optimizer never took (e.g. skipped by a GradScaler) must
         # not leak into the next one, whichever way the gradients are cleared.
         super().zero_grad(set_to_none)
-        self.fisher_weighting.statistics.reset()
+        self.fisher_weighting.statistics.drop_step()
 
     # Read-outs (see FisherWeighting) -------------------------------------------
     @property

@@ -23,22 +23,37 @@ Estimators:
     roberta-base); the EMA averages its noise over the warm-up. Embedding layers always use
     the exact statistic (it costs tokens·dim).
 
-What one step records. g_m = Σ over the step's backward passes of ‖∂L_b/∂W_m‖²_F, with
-∂L_b/∂W_m the *whole* gradient of that backward pass: under gradient accumulation the sum of
-the micro-batch statistics; for a module called several times in one forward (shared layers,
-ALBERT-style; or two forwards summed into one loss) the squared norm of the summed gradient
-Σ_c G_cᵀX_c, not the sum of per-call norms. To pay for that only where needed, forward calls
-of each module are counted; a module called more than once since its last backward gets, for
-that backward pass, an accumulator of the size of its weight gradient (out × in, float32 or
-float64; out × k for the sketch) that the calls' GᵀX are added to and whose squared norm is
-taken when the pass ends. Other modules take the cheap per-call path. A backward pass is one
-autograd graph task (the outermost one: reentrant checkpointing's nested backward passes
-belong to the pass that recomputes them).
+What one step records. Within one backward pass, ∂L/∂W_m is the *whole* gradient of that
+pass: for a module called several times in one forward (shared layers, ALBERT-style; or two
+forwards summed into one loss) the squared norm of the summed gradient Σ_c G_cᵀX_c, not the
+sum of per-call norms. To pay for that only where needed, the forward calls of each module
+that build a graph are counted (under no_grad only those inside a reentrant checkpoint's
+forward, which is recomputed in backward; an evaluation or generate() forward is not
+counted); a module called more than once since its last backward gets, for that backward
+pass, an accumulator of the size of its weight gradient (out × in, float32 or float64; out ×
+k for the sketch) that the calls' GᵀX are added to and whose squared norm is taken when the
+pass ends. Other modules take the cheap per-call path. A backward pass is one autograd graph
+task (the outermost one: reentrant checkpointing's nested backward passes belong to the pass
+that recomputes them). Only torch.utils.checkpoint's reentrant forward is recognised: another
+library's reentrant checkpointing (recomputing a no_grad forward in backward) would leave a
+module called several times in it on the per-call path (Σ_c‖G_cᵀX_c‖²).
+
+Several backward passes in one optimizer step (gradient accumulation):
+  * ``accumulation_steps`` > 1: every matrix keeps its accumulator across the step's passes
+    (out × in, vocab × dim for an Embedding; out × k for the sketch, whose Ω is fixed for the
+    step), so g_m = ‖Σ_b ∂L_b/∂W_m‖²_F, the squared norm of the step's accumulated weight
+    gradient: independent of how the batch is split.
+  * ``accumulation_steps`` = 1 (default): g_m = Σ_b ‖∂L_b/∂W_m‖²_F, the sum of the per-pass
+    statistics, which depends on the split (E Σ_b‖g_b‖² carries a noise term per matrix that
+    ‖Σ_b g_b‖² does not); one RuntimeWarning says so, the first time it happens.
+  * Under DDP / FSDP2 each rank measures its own gradient and the caller averages the rows over
+    ranks (`mean_over_ranks`): the mean of the per-rank statistics, not the statistic of the
+    all-reduced gradient.
 
 Statistics of a step the optimizer never took (skipped by a GradScaler) are dropped: the
 first gradient a module receives in a backward pass finds its LoRA gradients unset after
 ``zero_grad(set_to_none=True)`` (torch's default), which starts a new step. Callers that
-zero gradients in place can call `reset()` from their zero_grad.
+zero gradients in place can call `drop_step()` from their zero_grad.
 
 Statistics are kept on the device; the optimizer moves them to the Rust core in batches, so
 no step waits on the device.
@@ -46,16 +61,21 @@ no step waits on the device.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 import torch
+import torch.utils.checkpoint
+from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.hooks import RemovableHandle
 
 from fwlora.optim.distributed import is_dtensor
+from fwlora.optim.options import ESTIMATORS
 from fwlora.optim.targets import AdapterMatrix
-
-ESTIMATORS = ("exact", "sketch")
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:
@@ -108,7 +128,14 @@ class _Observe(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, output, inputs, stats, index, root):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        output: torch.Tensor,
+        inputs: torch.Tensor,
+        stats: GradientStatistics,
+        index: int,
+        root: int | None,
+    ) -> torch.Tensor:
         ctx.save_for_backward(inputs)
         ctx.stats, ctx.index, ctx.root = stats, index, root
         ctx.mark_dirty(output)
@@ -116,7 +143,7 @@ class _Observe(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (inputs,) = ctx.saved_tensors
         ctx.stats._on_grad(ctx.index, inputs, grad, ctx.root)
         return grad, None, None, None, None
@@ -126,7 +153,8 @@ def _grads_unset(matrix: AdapterMatrix) -> bool:
     """No LoRA gradient yet in this step: neither on the factors found at construction nor on
     the module's current ones (FSDP2 swaps in unsharded parameters for forward and backward and
     keeps gradients accumulated without sync there)."""
-    module, adapter = matrix.module, matrix.adapter
+    module: Any = matrix.module  # a peft LoRA layer (dynamic attributes)
+    adapter = matrix.adapter
     if matrix.kind == "embedding":
         current = [module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]]
     else:
@@ -146,14 +174,34 @@ def _graph_task() -> int:
     return torch._C._current_graph_task_id()
 
 
+_REENTRANT_FORWARD = torch.utils.checkpoint.CheckpointFunction.forward.__code__
+
+
+def _in_reentrant_checkpoint() -> bool:
+    """Inside the no_grad forward of ``checkpoint(..., use_reentrant=True)`` whose inputs
+    require grad: its calls are recomputed (with a graph) in backward, so they count."""
+    frame: FrameType | None = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is _REENTRANT_FORWARD:
+            args = frame.f_locals.get("args", ())
+            return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        frame = frame.f_back
+    return False
+
+
 class GradientStatistics:
     """Hooks that collect g_m = ‖∂L/∂W_m‖²_F for every adapted matrix, per optimizer step.
 
     Contract with the owner: `attach()` once observing starts; `take_row()` once per optimizer
-    step taken (it ends the step and starts the next); `reset()` to drop the current step's
-    statistics (e.g. from zero_grad, or after loading a state); `detach()` when done.
+    step taken (it ends the step and starts the next); `drop_step()` to drop the current
+    step's statistics (from zero_grad: forward calls not yet seen in backward are kept);
+    `reset()` to drop everything (after loading a state); `detach()` when done.
     After `take_row()`, `last_unseen` lists the indices of matrices that produced no
     statistic in that step (their row entry is 0).
+
+    `accumulation_steps` > 1: the step's backward passes are summed into one weight
+    gradient per matrix before its squared norm is taken (see the module docstring).
+    Options are validated by `FisherOptions`; here they are only asserted.
     """
 
     def __init__(
@@ -162,15 +210,16 @@ class GradientStatistics:
         estimator: str = "exact",
         sketch_dim: int = 8,
         seed: int = 0,
+        *,
+        accumulation_steps: int = 1,
     ) -> None:
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
-        if sketch_dim < 1:
-            raise ValueError(f"sketch_dim: expected an integer >= 1, got {sketch_dim}")
+        assert estimator in ESTIMATORS, estimator
+        assert sketch_dim >= 1 and accumulation_steps >= 1, (sketch_dim, accumulation_steps)
         self.matrices = matrices
         self.estimator = estimator
         self.sketch_dim = sketch_dim
         self.seed = seed
+        self.accumulation_steps = accumulation_steps
         self.step = 0  # the optimizer step whose backward passes are being observed
         self.last_unseen: list[int] = []
         self.shared: set[int] = set()  # indices ever seen called more than once per pass
@@ -178,9 +227,13 @@ class GradientStatistics:
         self._handles: list[RemovableHandle] = []
         self._omegas: dict[tuple, torch.Tensor] = {}
         self._calls = [0] * len(matrices)  # forward calls outside backward not yet seen back
+        self._passes = [0] * len(matrices)  # backward passes that reached it in this step
+        self._warned_passes = False
         self._root: int | None = None  # graph task of the backward pass being observed
-        self._accumulate: dict[int, bool] = {}  # per index seen in this pass: multi-call?
-        self._acc: dict[int, torch.Tensor] = {}  # per multi-call index: Σ_c G_cᵀX_c
+        self._accumulate: dict[int, bool] = {}  # per index seen in this pass: accumulator?
+        # Per accumulating index: Σ_c G_cᵀX_c over this pass (over the step's passes when
+        # accumulation_steps > 1).
+        self._acc: dict[int, torch.Tensor] = {}
         self._queued: set[int] = set()
 
     @property
@@ -203,23 +256,43 @@ class GradientStatistics:
         self._omegas.clear()
         self.reset()
 
-    def reset(self) -> None:
-        """Drops everything observed since the last `take_row()`."""
+    def drop_step(self) -> None:
+        """Drops this step's statistics (a zero_grad): keeps the count of forward calls not
+        yet seen in backward, so a forward run before zero_grad is still counted right."""
         self._pending = [None] * len(self.matrices)
-        self._calls = [0] * len(self.matrices)
+        self._passes = [0] * len(self.matrices)
         self._acc.clear()
         self._accumulate.clear()
         self._root = None
 
+    def reset(self) -> None:
+        """Drops everything observed since the last `take_row()` (load, detach)."""
+        self.drop_step()
+        self._calls = [0] * len(self.matrices)
+
     def take_row(self, device: torch.device) -> torch.Tensor:
         """This step's statistics as a float64 (M,) tensor on `device` (0 where unseen)."""
         self._end_pass()
+        self._fold()
         self.last_unseen = [i for i, v in enumerate(self._pending) if v is None]
         zero = torch.zeros((), dtype=torch.float64, device=device)
         row = torch.stack(
             [zero if v is None else v.to(device, torch.float64) for v in self._pending]
         )
+        passes = max(self._passes, default=0)
         self.reset()
+        if passes > 1 and self.accumulation_steps == 1 and not self._warned_passes:
+            self._warned_passes = True
+            warnings.warn(
+                f"FW-LoRA: {passes} backward passes in one optimizer step (gradient "
+                "accumulation?): g_m is the sum of the per-pass ‖∂L_b/∂W_m‖², not "
+                "‖∂L/∂W_m‖² of the accumulated gradient, so importances depend on how the "
+                "batch is split. Pass accumulation_steps=N (FisherCallback does this for the "
+                "Trainer) for the exact statistic (costs an out × in buffer per matrix during "
+                "warm-up; estimator='sketch': out × k)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         return row
 
     # ------------------------------------------------------------------ hooks
@@ -229,23 +302,27 @@ class GradientStatistics:
         # Opaque to torch.compile: traced, the hook's bookkeeping would specialise the graph on
         # `index` (one recompilation per matrix); run eagerly, it costs one graph break.
         @torch.compiler.disable
-        def hook(module, args, kwargs, output):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             # A deep copy of the model carries this hook along; it must not report here.
             # After detach() a graph compiled with the hook in it may still call it: no-op.
             if module is not matrix.module or not self._handles:
                 return None
             task = _graph_task()
-            if task == -1:
-                # Counted in any grad mode: reentrant checkpointing runs the forward that
-                # decides the call count under no_grad and recomputes it inside backward.
-                self._calls[index] += 1
             inputs = args[0] if args else kwargs.get("x", kwargs.get("input"))
-            if not (
+            observed = (
                 torch.is_grad_enabled()
                 and isinstance(output, torch.Tensor)
                 and output.requires_grad
                 and isinstance(inputs, torch.Tensor)
+            )
+            if task == -1 and (
+                observed or (not torch.is_grad_enabled() and _in_reentrant_checkpoint())
             ):
+                # A call that will send a gradient back. Reentrant checkpointing runs the
+                # forward that decides the call count under no_grad and recomputes it inside
+                # backward (not counted there); an evaluation forward is not counted.
+                self._calls[index] += 1
+            if not observed:
                 return None
             root = None
             if task != -1:
@@ -271,15 +348,21 @@ class GradientStatistics:
         torch.autograd.Variable._execution_engine.queue_callback(end)
 
     def _end_pass(self) -> None:
-        """Folds the multi-call accumulators of the current backward pass into the step."""
+        """Ends the current backward pass; its multi-call accumulators go into the step (with
+        accumulation_steps > 1 they stay, summing the step's passes, until `take_row`)."""
+        if self.accumulation_steps == 1:
+            self._fold()
+        self._accumulate.clear()
+        self._root = None
+
+    def _fold(self) -> None:
+        """‖accumulator‖² of every accumulating matrix into the step's statistics."""
         for index, acc in self._acc.items():
             norm = torch.linalg.vector_norm(acc).square()
             if self.estimator == "sketch" and self.matrices[index].kind == "linear":
                 norm = norm / self.sketch_dim
             self._add(index, norm)
         self._acc.clear()
-        self._accumulate.clear()
-        self._root = None
 
     def _add(self, index: int, value: torch.Tensor) -> None:
         previous = self._pending[index]
@@ -317,10 +400,14 @@ class GradientStatistics:
             # drop what is left from a step the optimizer never took (GradScaler skip).
             if _grads_unset(matrix):
                 self._pending[index] = None
-            accumulate = self._calls[index] >= 2
-            self._accumulate[index] = accumulate
-            if accumulate:
+                self._passes[index] = 0
+                self._acc.pop(index, None)
+            self._passes[index] += 1
+            multi_call = self._calls[index] >= 2
+            if multi_call:
                 self.shared.add(index)
+            accumulate = multi_call or self.accumulation_steps > 1
+            self._accumulate[index] = accumulate
         self._calls[index] = max(0, self._calls[index] - 1)
 
         g = grad.reshape(-1, grad.shape[-1])
@@ -358,8 +445,9 @@ class GradientStatistics:
         g: torch.Tensor,
         accumulate: bool,
     ) -> None:
-        base = matrix.module.get_base_layer()
-        scale = matrix.module._get_embed_scale()
+        layer: Any = matrix.module  # a peft lora.Embedding (dynamic attributes)
+        base = layer.get_base_layer()
+        scale = layer._get_embed_scale()
         if scale is not None:
             g = g * scale.to(g.device, g.dtype)
         distinct, rows = embedding_rows(g, ids.reshape(-1), base.padding_idx)

@@ -19,6 +19,7 @@ import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ _EXCLUDE_HINT = (
 )
 
 
-def _active_adapter(name: str, module: nn.Module) -> str:
+def _active_adapter(name: str, module: Any) -> str:
     active = module.active_adapters
     if len(active) != 1:
         raise ValueError(
@@ -71,7 +72,7 @@ def _active_adapter(name: str, module: nn.Module) -> str:
     return active[0]
 
 
-def _variant_of(module: nn.Module, adapter: str) -> str | None:
+def _variant_of(module: Any, adapter: str) -> str | None:
     """The name of a registered LoRA variant for `adapter`, or None for vanilla LoRA."""
     variant = getattr(module, "lora_variant", {}).get(adapter)
     if variant is not None:
@@ -84,7 +85,7 @@ def _variant_of(module: nn.Module, adapter: str) -> str | None:
     return None
 
 
-def _layer_kind(module: nn.Module) -> str | None:
+def _layer_kind(module: Any) -> str | None:
     """ "linear", "embedding", or None when FW-LoRA cannot weigh this LoRA layer exactly."""
     from peft.tuners.lora import Embedding as LoraEmbedding
     from peft.tuners.lora import Linear as LoraLinear
@@ -148,9 +149,10 @@ def find_adapter_matrices(
 
     matrices: list[AdapterMatrix] = []
     used: set[str] = set()
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer):
+    for name, found in model.named_modules():
+        if not isinstance(found, LoraLayer):
             continue
+        module: Any = found  # a peft LoRA layer: attributes are per-adapter dicts
         hits = [p for p in patterns if _matches(name, p)]
         if hits:
             used.update(hits)
@@ -212,7 +214,7 @@ def find_adapter_matrices(
     return matrices
 
 
-def _check_embedding(name: str, module: nn.Module, adapter: str, hint: str) -> None:
+def _check_embedding(name: str, module: Any, adapter: str, hint: str) -> None:
     base = module.get_base_layer()
     if not isinstance(base, nn.Embedding):
         raise ValueError(f"model: {name} wraps {type(base).__name__}, not nn.Embedding; {hint}")
@@ -227,7 +229,8 @@ def _check_embedding(name: str, module: nn.Module, adapter: str, hint: str) -> N
 
 def base_weight(matrix: AdapterMatrix) -> torch.Tensor | None:
     """The frozen weight W_m of `matrix` (None when the base layer has no `weight`)."""
-    return getattr(matrix.module.get_base_layer(), "weight", None)
+    layer: Any = matrix.module
+    return getattr(layer.get_base_layer(), "weight", None)
 
 
 def _warn_shared_weights(model: nn.Module, matrices: list[AdapterMatrix]) -> None:
@@ -241,7 +244,7 @@ def _warn_shared_weights(model: nn.Module, matrices: list[AdapterMatrix]) -> Non
         weight = base_weight(m)
         if weight is None:
             continue
-        base = m.module.get_base_layer()
+        base = cast(Any, m.module).get_base_layer()
         others = [n for key, n in holders.get(id(weight), {}).items() if key != id(base)]
         if others:
             warnings.warn(

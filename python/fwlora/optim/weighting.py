@@ -74,7 +74,13 @@ class FisherWeighting:
 
     def _new_statistics(self) -> GradientStatistics:
         o = self.options
-        return GradientStatistics(self.matrices, o.estimator, o.sketch_dim, o.seed)
+        return GradientStatistics(
+            self.matrices,
+            o.estimator,
+            o.sketch_dim,
+            o.seed,
+            accumulation_steps=o.accumulation_steps,
+        )
 
     @property
     def _device(self) -> torch.device:
@@ -187,6 +193,14 @@ class FisherWeighting:
         _check_optimizer_fits(optimizer, self.matrices, self.options.penalty)
         self._optimizer = optimizer
         self._sync_phase()
+
+    def set_accumulation_steps(self, steps: int) -> None:
+        """Backward passes per optimizer step, when known only after construction (the
+        Trainer's `gradient_accumulation_steps`; `FisherCallback` calls this)."""
+        self.options = FisherOptions.from_kwargs(
+            **{**self.options.to_dict(), "accumulation_steps": steps}
+        )
+        self.statistics.accumulation_steps = self.options.accumulation_steps
 
     def use_grad_scaler(self, scaler: Any) -> None:
         """Statistics are taken on unscaled gradients: pass the fp16 GradScaler in use."""
