@@ -85,6 +85,12 @@ def measure(
     }
 
 
+def paired(m: dict, case: str, other: str) -> tuple[float, list[float]]:
+    """Median and quartiles of the per-round ratio case / other (two cases of one measure())."""
+    ratios = [a / b for a, b in zip(m["samples"][case], m["samples"][other])]
+    return statistics.median(ratios), _quartiles(ratios)
+
+
 def _quartiles(values: list[float]) -> list[float]:
     if len(values) < 2:
         return [values[0], values[0]]
@@ -167,13 +173,25 @@ def tensor_bytes(tensors) -> int:
 
 # ------------------------------------------------------------------------------ targets
 def target(
-    name: str, value: float | None, limit: float, *, at_least: bool = False, unit: str = "×"
+    name: str,
+    value: float | None,
+    limit: float,
+    *,
+    at_least: bool = False,
+    unit: str = "×",
+    spread: list[float] | None = None,
 ) -> dict:
-    """A target check: value ≤ limit (or ≥ with `at_least`), and by how much."""
+    """A target check: value ≤ limit (or ≥ with `at_least`), and by how much.
+
+    `spread`: the quartiles of the per-round ratios; a limit inside them is flagged as not
+    resolved at this run's noise (the verdict still follows the median)."""
     if value is None:
         return {"name": name, "value": None, "limit": limit, "met": None, "unit": unit}
     met = value >= limit if at_least else value <= limit
+    resolved = spread is None or not (spread[0] <= limit <= spread[1])
     return {
+        "resolved": resolved,
+        "spread": spread,
         "name": name,
         "value": value,
         "limit": limit,
@@ -193,6 +211,12 @@ def target_line(t: dict) -> str:
     verdict = "PASS" if t["met"] else "MISS"
     how = "headroom" if t["met"] else "missed by"
     note = f" — {t['note']}" if t.get("note") else ""
+    if not t.get("resolved", True):
+        q1, q3 = t["spread"]
+        note += (
+            f" — limit inside the per-round quartiles [{fmt(q1)}–{fmt(q3)}]: not resolved "
+            "at this run's noise"
+        )
     return (
         f"- **{verdict}** {t['name']}: {fmt(t['value'])}{u} (target {t['op']} "
         f"{fmt(t['limit'])}{u}; {how} {fmt(t['by'])}{u}, {t['by_percent']:.1f} %){note}"
@@ -238,3 +262,32 @@ def ratio_cell(m: dict, name: str) -> str:
     """ "1.023 [1.010–1.041]": median per-round ratio and its quartiles."""
     q1, q3 = m["ratio_q1_q3"][name]
     return f"{m['ratio'][name]:.3f} [{q1:.3f}–{q3:.3f}]"
+
+
+def bytes_alive_after(fn: Callable[[], object]) -> tuple[int, object]:
+    """Bytes of the tensor storages created during `fn()` still alive after it returns.
+
+    Every aten op's outputs are recorded (a TorchDispatchMode) by a weak reference to their
+    storage; after `fn` (and a gc pass) the storages not yet freed are summed, each once:
+    what autograd keeps for backward, and anything a hook holds. Device-independent; returns
+    (bytes, fn's result, which the caller keeps alive).
+    """
+    from torch.multiprocessing.reductions import StorageWeakRef
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[tuple[StorageWeakRef, int]] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in torch.utils._pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                    storage = t.untyped_storage()
+                    seen.append((StorageWeakRef(storage), storage.nbytes()))
+            return out
+
+    with Record():
+        result = fn()
+    gc.collect()
+    alive = {ref.cdata: size for ref, size in seen if not ref.expired()}
+    return sum(alive.values()), result

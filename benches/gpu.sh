@@ -36,6 +36,13 @@ print("fwlora", fwlora.__version__, fwlora.__file__)
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name())
 print("transformers", transformers.__version__, "peft", peft.__version__, "scipy", scipy.__version__)
 assert torch.cuda.is_available(), "no CUDA device"
+# The benchmarks import the installed wheel: it must hold this tree's Python code.
+from pathlib import Path
+installed, tree = Path(fwlora.__file__).parent, Path("python/fwlora")
+stale = [str(f) for f in tree.rglob("*.py")
+         if not (installed / f.relative_to(tree)).is_file()
+         or (installed / f.relative_to(tree)).read_bytes() != f.read_bytes()]
+assert not stale, f"the carried wheel is stale (rebuild it): {stale}"
 EOF
 } 2>&1 | tee "$LOG"
 

@@ -22,12 +22,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, device, environment, md_table, suffix, target_line
 
-BENCHES = ("core", "optimizer", "training", "estimators")
+BENCHES = ("core", "optimizer", "training", "estimators", "memory")
 TITLES = {
     "core": "Core per-call cost (Rust vs numpy vs pure Python)",
     "optimizer": "Optimizer step alone (roberta-base LoRA shapes)",
     "training": "Training step",
     "estimators": "Fisher estimators: cost vs accuracy",
+    "memory": "Warm-up memory on a causal LM, with and without gradient checkpointing",
 }
 
 
@@ -46,6 +47,10 @@ def run(name: str, args: argparse.Namespace) -> dict:
         import bench_training
 
         return bench_training.main(model_flags)
+    if name == "memory":
+        import bench_memory
+
+        return bench_memory.main(flags)
     import bench_estimators
 
     return bench_estimators.main(model_flags)
@@ -69,6 +74,25 @@ def line(t: dict) -> str:
     return f"- **{'PASS' if t['met'] else 'MISS'}** {t['name']}{value}"
 
 
+def memory_rows(mem: dict | None) -> list[list[str]]:
+    """Headline rows of bench_memory: live bytes after forward, warm-up − plain LoRA."""
+    if not mem:
+        return []
+    limit = f"target ≤ +{mem['layer_input_bytes'] / 2**20:.2f} MiB (one layer's input)"
+    rows = []
+    for ckpt, cases in mem["results"].items():
+        extra = cases["fw-warmup-exact"]["alive_after_forward"]
+        extra -= cases["lora"]["alive_after_forward"]
+        rows.append(
+            [
+                f"live after forward, warm-up (exact) − plain LoRA, {ckpt}",
+                f"{extra / 2**20:+.2f} MiB",
+                limit,
+            ]
+        )
+    return rows
+
+
 def headline(results: dict) -> list[list[str]]:
     """The figures the README quotes: each a ratio measured side by side in one run."""
     rows: list[list[str]] = []
@@ -89,17 +113,29 @@ def headline(results: dict) -> list[list[str]]:
     opt = results.get("optimizer")
     if opt:
         r = opt["ratio_vs_foreach"]
-        add("optimizer step: FisherAdamW / AdamW foreach", r["FisherAdamW foreach (after warm-up)"], note="target ≤ 1.10×")
+        add(
+            "optimizer step: FisherAdamW / AdamW foreach",
+            r["FisherAdamW foreach (after warm-up)"],
+            note="target ≤ 1.10×",
+        )
         add("optimizer step: FisherAdamW fused / AdamW fused", opt["fused_ratio"])
         add("optimizer step: AdamW fused / AdamW foreach", r["torch AdamW fused"])
     tr = results.get("training")
     if tr:
         r = tr["ratio_vs_lora"]
         add("training step after warm-up / plain LoRA", r["fw-after-warmup"], note="target ≤ 1.01×")
-        add("training step warm-up (sketch) / plain LoRA", r["fw-warmup-sketch"], note="target ≤ 1.05×")
+        add(
+            "training step warm-up (sketch) / plain LoRA",
+            r["fw-warmup-sketch"],
+            note="target ≤ 1.05×",
+        )
         add("training step warm-up (exact) / plain LoRA", r["fw-warmup-exact"])
         add("training step AdaLoRA / plain LoRA", r["adalora"])
-        add("AdaLoRA / FW-LoRA after warm-up", tr["adalora_over_fw_after_warmup"], note="target ≥ 1.2×")
+        add(
+            "AdaLoRA / FW-LoRA after warm-up",
+            tr["adalora_over_fw_after_warmup"],
+            note="target ≥ 1.2×",
+        )
         add("AdaLoRA / FW-LoRA warm-up (exact)", tr["adalora_over_fw_warmup_exact"])
         peaks, res = tr["step_peak_bytes"], tr["resident_bytes"]
         if peaks.get("lora") is not None:
@@ -110,8 +146,10 @@ def headline(results: dict) -> list[list[str]]:
                     f"peak memory warm-up ({est}) − plain LoRA",
                     extra,
                     fmt="{:+.2f} MiB",
-                    note=f"target ≤ +{tr['layer_grad_bytes'] / 2**20:.2f} MiB (one layer's weight gradient)",
+                    note=f"target ≤ +{tr['layer_grad_bytes'] / 2**20:.2f} MiB "
+                    "(one layer's weight gradient)",
                 )
+    rows += memory_rows(results.get("memory"))
     est = results.get("estimators")
     if est:
         for name, acc in est["accuracy"].items():
@@ -119,7 +157,7 @@ def headline(results: dict) -> list[list[str]]:
                 continue
             add(
                 f"estimator {name}: warm-up step / exact's",
-                est["seconds"][name] / est["seconds"]["exact"],
+                est["ratio_vs_exact"][name],
                 note=f"Spearman ρ {acc['spearman']:.3f} vs exact",
             )
     return rows
@@ -153,11 +191,12 @@ def main(argv=None) -> int:
             for ext in ("json", "md"):  # bench_core always writes core.*: keep the host's apart
                 shutil.copy(RESULTS / f"core.{ext}", RESULTS / f"core{sfx}.{ext}")
     targets = [t for name, p in results.items() for t in normalise_targets(name, p)]
+    command = " ".join(argv if argv is not None else sys.argv[1:])
     parts = [
         "# Benchmark summary",
         "",
-        f"Command: `python benches/run_all.py {' '.join(argv if argv is not None else sys.argv[1:])}`"
-        f" · environment: {json.dumps(environment())}",
+        f"Command: `python benches/run_all.py{' ' + command if command else ''}` · environment: "
+        f"{json.dumps(environment())}",
         "",
         "Every figure is a ratio of two timings taken side by side in this one run "
         "(interleaved rounds; the median of per-round ratios), so machine speed and noise "
@@ -178,7 +217,11 @@ def main(argv=None) -> int:
             parts += ["", f"## {TITLES[name]}", "", md.read_text().rstrip()]
     for name, err in errors.items():
         parts += ["", f"## {TITLES[name]}: FAILED", "", "```", err.rstrip(), "```"]
-    parts += ["", f"Wall time per benchmark (s): {json.dumps({k: round(v, 1) for k, v in seconds.items()})}", ""]
+    parts += [
+        "",
+        f"Wall time per benchmark (s): {json.dumps({k: round(v, 1) for k, v in seconds.items()})}",
+        "",
+    ]
     out = RESULTS / f"summary{sfx}.md"
     out.write_text("\n".join(parts))
     summary = {
