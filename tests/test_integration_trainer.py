@@ -4,12 +4,14 @@ the Trainer's linear schedule, checkpoint resume, clipping, bf16, and FisherCall
 from __future__ import annotations
 
 import json
+import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import Trainer, TrainerCallback
 
-from fwlora import FisherAdamW
+from fwlora import FisherAdamW, adamw_param_groups, attach_fisher
 from fwlora.integrations import IMPORTANCE_FILE, FisherCallback, fisher_adamw_class
 from integration_helpers import TinyDataset, reset_accelerate, training_args
 from tiny import tiny_lora_model
@@ -155,6 +157,11 @@ def test_callback_logs_to_reporters_and_saves_importances(tmp_path):
     assert [log["fwlora/phase"] for log in ours] == [0, 0, 0, 1, 1, 1]
     assert [log["fwlora/penalty"] > 0 for log in ours] == [False] * 3 + [True] * 3
     assert ours[-1]["fwlora/penalty"] == pytest.approx(float(opt.penalty_value()))
+    # ‖∇P‖/‖∇L_task‖ from the first penalised step (K + 1 = 5) on: the optimizer's own values.
+    ratios = [log.get("fwlora/penalty_grad_ratio") for log in ours]
+    assert ratios[:4] == [None] * 4
+    assert ratios[4:] == pytest.approx(opt.penalty_grad_ratios())
+    assert len(opt.penalty_grad_ratios()) == 2 and all(r > 0 for r in ratios[4:])
     with_importance = [log for log in ours if any("importance" in k for k in log)]
     assert len(with_importance) == 1 and with_importance[0]["fwlora/step"] == 4  # once, frozen
     logged = {
@@ -202,6 +209,97 @@ def test_callback_refuses_deepspeed_and_fsdp_trainers(tmp_path):
     opt = FisherAdamW(model, lr=1e-2, **FW)
     trainer = _trainer(model, tmp_path, opt, max_steps=1)
     callback = FisherCallback(trainer)
+    begin = (trainer.args, trainer.state, trainer.control)
     trainer.is_fsdp_enabled = True  # what Trainer(args.fsdp=...) sets; FSDP needs GPUs
-    with pytest.raises(ValueError, match="FSDP: not supported"):
-        callback.on_train_begin(trainer.args, trainer.state, trainer.control)
+    with pytest.raises(ValueError, match=r"FSDP: not supported with FSDP1.*version': 2"):
+        callback.on_train_begin(*begin)  # no plugin version: FSDP1
+    # FSDP2 (fsdp_config={"version": 2}) is accepted: the optimizer handles its DTensors.
+    fsdp2 = SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=2))
+    trainer.accelerator = SimpleNamespace(state=fsdp2, scaler=None)
+    callback.on_train_begin(*begin)
+    fsdp2.fsdp_plugin.fsdp_version = 1
+    with pytest.raises(ValueError, match="FSDP: not supported with FSDP1"):
+        callback.on_train_begin(*begin)
+    trainer.is_fsdp_enabled = False
+    trainer.is_deepspeed_enabled = True
+    with pytest.raises(ValueError, match="DeepSpeed: not supported"):
+        callback.on_train_begin(*begin)
+
+
+def test_callback_reports_refreshing_phase_and_each_refresh(tmp_path):
+    """refresh_every > 0: phase "refreshing" (logged as 2) after warm-up, and the
+    importances are logged again each time a refresh changes them."""
+    model = _model()
+    opt = FisherAdamW(model, lr=1e-2, refresh_every=2, **FW)
+    recorder = _Recorder(set())
+    trainer = _trainer(model, tmp_path, opt, max_steps=8)
+    trainer.add_callback(FisherCallback(trainer))
+    trainer.add_callback(recorder)
+    seen = []
+
+    class _Importances(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(opt.importance)
+
+    trainer.add_callback(_Importances())
+    trainer.train()
+    ours = [log for log in recorder.logs if "fwlora/phase" in log]
+    assert [log["fwlora/phase"] for log in ours] == [0] * 3 + [2] * 5
+    assert opt.phase == "refreshing"
+    logged_at = [log["fwlora/step"] for log in ours if any("importance/" in k for k in log)]
+    changed_at = [
+        step
+        for step, (before, now) in enumerate(zip([None, *seen], seen), start=1)
+        if now is not None and now != before
+    ]
+    assert logged_at == changed_at and len(changed_at) >= 2  # frozen at 4, refreshed later
+
+
+def test_callback_with_a_weighting_attached_to_another_optimizer(tmp_path):
+    """FW-LoRA attached to torch AdamW: the callback is given the handle (`weighting=`);
+    without it, it says where to find one."""
+    model = _model()
+    plain = torch.optim.AdamW(adamw_param_groups(model, 0.0), lr=1e-2)
+    fw = attach_fisher(plain, model, **FW)
+    trainer = _trainer(model, tmp_path, plain, max_steps=6)
+    lost = FisherCallback(trainer)
+    with pytest.raises(ValueError, match="pass the FisherWeighting that attach_fisher"):
+        lost.on_train_begin(trainer.args, trainer.state, trainer.control)
+    callback = FisherCallback(trainer, weighting=fw)
+    assert callback.weighting is fw
+    trainer.add_callback(callback)
+    trainer.train()
+    assert fw.phase == "frozen" and fw.step == 6
+    final = json.loads((tmp_path / IMPORTANCE_FILE).read_text())
+    assert final["importance"] == fw.importance and final["step"] == 6
+    logs = [h for h in trainer.state.log_history if "fwlora/phase" in h]
+    assert [h["fwlora/step"] for h in logs] == [1, 2, 3, 4, 5, 6]
+
+
+def test_callback_hands_gradient_accumulation_to_fwlora(tmp_path):
+    """gradient_accumulation_steps=2: the callback sets accumulation_steps=2, so the statistic
+    is that of each step's accumulated gradient — the same importances as FisherAdamW built
+    with accumulation_steps=2 — while without either FW-LoRA warns and sums the passes."""
+
+    def run(folder, callback, **options):
+        model = _model()
+        opt = FisherAdamW(model, lr=1e-2, **FW, **options)
+        trainer = _trainer(model, tmp_path / folder, opt, gradient_accumulation_steps=2)
+        if callback:
+            trainer.add_callback(FisherCallback(trainer))
+        trainer.train()
+        assert opt.fisher_weighting.step == 8 and opt.phase == "frozen"
+        return opt
+
+    via_callback = run("callback", True)
+    assert via_callback.fisher_weighting.options.accumulation_steps == 2
+    explicit = run("explicit", False, accumulation_steps=2)
+    assert via_callback.importance == explicit.importance
+    # (pytest.warns would re-emit the Trainer's own FutureWarnings from this module.)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summed = run("summed", False)
+    ours = [w for w in caught if "backward passes in one optimizer step" in str(w.message)]
+    assert len(ours) == 1 and ours[0].category is RuntimeWarning
+    assert "2 backward passes" in str(ours[0].message)
+    assert summed.importance != pytest.approx(explicit.importance, rel=1e-6)

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from torch import nn
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from fwlora.integrations.common import (
@@ -23,6 +23,8 @@ from fwlora.optim.adamw import FisherAdamW
 from fwlora.optim.weighting import FisherWeighting
 
 _PEFT_PREFIX = "base_model.model."
+# `fwlora/phase` as a number loggers can plot.
+PHASE_CODES = {"warmup": 0.0, "frozen": 1.0, "refreshing": 2.0}
 
 
 def fisher_adamw_class(model: nn.Module, **options: Any) -> type[FisherAdamW]:
@@ -45,6 +47,33 @@ def fisher_adamw_class(model: nn.Module, **options: Any) -> type[FisherAdamW]:
     return BoundFisherAdamW
 
 
+def _output_dir(args: TrainingArguments) -> str:
+    if args.output_dir is None:  # TrainingArguments fills it in; a hand-built one may not
+        raise ValueError(
+            "FisherCallback: args.output_dir is None; set TrainingArguments(output_dir=...)"
+        )
+    return args.output_dir
+
+
+def _refuse_flat_sharding(trainer: Any) -> None:
+    """FSDP1 and DeepSpeed hide the LoRA factors in flat shards: refused. FSDP2 is supported."""
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        raise ValueError(
+            "DeepSpeed: not supported by FW-LoRA, whose gradient hooks need the LoRA factors "
+            "themselves; train with FSDP2 (fsdp_config={'version': 2}) or DDP; see "
+            "docs/distributed.md"
+        )
+    if getattr(trainer, "is_fsdp_enabled", False):
+        state = getattr(getattr(trainer, "accelerator", None), "state", None)
+        plugin = getattr(state, "fsdp_plugin", None)
+        if getattr(plugin, "fsdp_version", 1) != 2:
+            raise ValueError(
+                "FSDP: not supported with FSDP1 (fsdp_config version 1): its flat parameters "
+                "hide the LoRA factors; use fsdp_config={'version': 2} (FSDP2) or DDP; see "
+                "docs/distributed.md"
+            )
+
+
 class FisherCallback(TrainerCallback):
     """Reports FW-LoRA through the Trainer and saves its importances beside checkpoints.
 
@@ -52,23 +81,28 @@ class FisherCallback(TrainerCallback):
 
     * logs, at each of the Trainer's training logs (``logging_steps``) and through
       ``trainer.log`` (so to every ``report_to`` logger: TensorBoard, W&B, ... and
-      ``trainer.state.log_history``): ``fwlora/phase`` (0 warm-up, 1 frozen),
-      ``fwlora/step`` and ``fwlora/penalty`` (λ·Σ (1 - I_m)·‖ΔW_m‖²_F, 0 during warm-up);
-      once frozen, ``fwlora/importance/<module>`` at the first log after freezing (and after
-      each refresh, when ``refresh_every`` > 0) — they are constant in between;
-    * writes ``fwlora_importance.json`` (phase, step, config, F and I per matrix) into each
+      ``trainer.state.log_history``): ``fwlora/phase`` (0 warm-up, 1 frozen, 2 refreshing),
+      ``fwlora/step``, ``fwlora/penalty`` (the term in effect, scale·λ·Σ (1 - I_m)·‖ΔW_m‖²_F;
+      0 during warm-up and with penalty="decoupled") and,
+      once the penalty acts, ``fwlora/penalty_grad_ratio`` (‖∇P‖/‖∇L_task‖ over the LoRA
+      factors at the latest penalised step); ``fwlora/importance/<module>`` at the first log
+      after the importances freeze (and after each refresh) — they are constant in between;
+    * writes ``fwlora_importance.json`` (phase, step, options, F and I per matrix) into each
       ``checkpoint-N`` the Trainer saves, and into ``args.output_dir`` when training ends,
       beside the adapter ``trainer.save_model()`` writes there (world process zero only);
-    * hands the Trainer's fp16 GradScaler to FW-LoRA, and refuses FSDP and DeepSpeed.
+    * hands the Trainer's fp16 GradScaler and ``gradient_accumulation_steps`` to FW-LoRA
+      (so the warm-up statistic is that of the step's accumulated gradient), and refuses
+      FSDP1 and DeepSpeed
+      (FSDP2 is supported: docs/distributed.md).
 
-    `fisher`: the FisherWeighting, when FW-LoRA was attached to another optimizer with
+    `weighting`: the FisherWeighting, when FW-LoRA was attached to another optimizer with
     :func:`fwlora.attach_fisher`; found in ``trainer.optimizer`` otherwise.
     """
 
     def __init__(
         self,
         trainer: Any,
-        fisher: FisherWeighting | None = None,
+        weighting: FisherWeighting | None = None,
         *,
         log_importances: bool = True,
         filename: str = IMPORTANCE_FILE,
@@ -76,52 +110,65 @@ class FisherCallback(TrainerCallback):
         self.trainer = trainer
         self.log_importances = log_importances
         self.filename = filename
-        self._fisher = fisher
+        self._weighting = weighting
         self._in_log = False
         self._logged_importance: tuple[float, ...] | None = None
 
     @property
-    def fisher(self) -> FisherWeighting:
-        if self._fisher is None:
+    def weighting(self) -> FisherWeighting:
+        """The FisherWeighting reported on (found in the Trainer's optimizer on first use)."""
+        if self._weighting is None:
             if self.trainer.optimizer is None:
                 raise ValueError("FisherCallback: the Trainer has no optimizer yet")
-            self._fisher = find_fisher_weighting(self.trainer.optimizer)
-        return self._fisher
+            self._weighting = find_fisher_weighting(self.trainer.optimizer)
+        return self._weighting
 
     def metrics(self) -> dict[str, float]:
-        """What is logged now: phase, step, penalty; importances when newly frozen."""
-        fw = self.fisher
+        """What is logged now: phase, step, penalty, its gradient ratio; importances when new."""
+        fw = self.weighting
         out = {
-            "fwlora/phase": 0.0 if fw.phase == "warmup" else 1.0,
+            "fwlora/phase": PHASE_CODES[fw.phase],
             "fwlora/step": float(fw.step),
             "fwlora/penalty": float(fw.penalty_value()),
         }
+        ratio = fw.penalty_grad_ratio
+        if ratio is not None:
+            out["fwlora/penalty_grad_ratio"] = ratio
         importance = fw.importance
         if self.log_importances and importance is not None:
             values = tuple(importance.values())
             if values != self._logged_importance:
                 self._logged_importance = values
                 for name, value in importance.items():
-                    short = name[len(_PEFT_PREFIX) :] if name.startswith(_PEFT_PREFIX) else name
-                    out[f"fwlora/importance/{short}"] = value
+                    out[f"fwlora/importance/{name.removeprefix(_PEFT_PREFIX)}"] = value
         return out
 
     # ------------------------------------------------------------------ events
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
         trainer = self.trainer
-        for flag, name in (("is_fsdp_enabled", "FSDP"), ("is_deepspeed_enabled", "DeepSpeed")):
-            if getattr(trainer, flag, False):
-                raise ValueError(
-                    f"{name}: not supported by FW-LoRA, whose gradient hooks need unsharded "
-                    "LoRA factors; train with DDP (torchrun / accelerate launch) instead"
-                )
-        fw = self.fisher
+        _refuse_flat_sharding(trainer)
+        fw = self.weighting
         scaler = getattr(getattr(trainer, "accelerator", None), "scaler", None)
         if scaler is not None:
             fw.use_grad_scaler(scaler)
+        # N backward passes per optimizer step: the statistic of the accumulated gradient.
+        fw.set_accumulation_steps(max(1, int(args.gradient_accumulation_steps)))
         self._logged_importance = None
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         # Only the Trainer's training logs (with "loss"); not eval, not our own log below.
         if self._in_log or not logs or "loss" not in logs:
             return
@@ -132,11 +179,23 @@ class FisherCallback(TrainerCallback):
         finally:
             self._in_log = False
 
-    def on_save(self, args, state, control, **kwargs):
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+    def on_save(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        folder = os.path.join(_output_dir(args), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if state.is_world_process_zero and os.path.isdir(folder):
-            save_importances(self.fisher, folder, self.filename)
+            save_importances(self.weighting, folder, self.filename)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
         if state.is_world_process_zero:
-            save_importances(self.fisher, args.output_dir, self.filename)
+            save_importances(self.weighting, _output_dir(args), self.filename)
