@@ -62,13 +62,15 @@ def _flag_help(methods: tuple[str, ...]) -> dict[str, str]:
     return {
         "method": f"one of {', '.join(methods)}",
         "model": "hub name, local directory, or minilm-l6 (offline)",
-        "task": "sst2, cola, mrpc, qnli, rte, qqp (GLUE), drugreview (offline) or file",
+        "task": "sst2, cola, mrpc, qnli, rte, qqp (GLUE), drugreview, drugreview3 (offline) "
+        "or file",
         "target_modules": "comma-separated module names",
         "budget_percent": "adapter budget in %% of the backbone (overrides --rank)",
         "fisher_warmup": "FW-LoRA warm-up steps K",
         "fisher_warmup_fraction": "K as a fraction of the total steps (overrides --fisher-warmup)",
         "fisher_lam": "FW-LoRA shrinkage λ",
         "fisher_alpha": "FW-LoRA EMA decay α",
+        "fisher_normalization": "sum, max or uniform (unset: sum for fw-lora, uniform for l2-lora)",
     }
 
 
@@ -172,6 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: 5e-5,1e-4,2e-4,5e-4",
     )
     _add_run_options(ablation, skip=("method", "seed", "variant"))
+
+    merge = command(
+        "merge",
+        help="several finished experiments as one (e.g. a sweep split by seeds)",
+        description="Copies the runs of each EXPERIMENT_DIR (without checkpoints) into one "
+        "experiment folder and writes its artefacts, λ-sweep tests and figures anew. Only "
+        "the seed may differ between runs of the same method/variant.",
+    )
+    merge.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR")
+    merge.add_argument("-o", "--output", required=True, help="the merged experiment folder")
+    merge.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output that fwlora wrote"
+    )
 
     report = command("report", help="static results page (index.html + images/)")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="experiment directories")
@@ -302,6 +317,14 @@ def cmd_ablation(args) -> None:
     _finish(exp, started)
 
 
+def cmd_merge(args) -> None:
+    from fwlora.harness.merge import merge_experiments
+
+    started = time.perf_counter()
+    exp, extra = merge_experiments(args.experiments, Path(args.output), args.overwrite)
+    _finish(exp, started, extra=extra)
+
+
 def cmd_report(args) -> None:
     from fwlora.harness import build_report
     from fwlora.harness.errors import HarnessError
@@ -355,6 +378,7 @@ COMMANDS = {
     "compare": cmd_compare,
     "sweep": cmd_sweep,
     "ablation": cmd_ablation,
+    "merge": cmd_merge,
     "report": cmd_report,
     "demo": cmd_demo,
 }

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from fwlora.harness import artefacts, plots
@@ -33,7 +34,7 @@ from fwlora.harness.errors import HarnessError, Interrupted
 from fwlora.harness.output import Staging, check_output
 from fwlora.harness.preflight import data_key, preflight
 from fwlora.harness.progress import steps
-from fwlora.harness.train import planned_run_name, train_run
+from fwlora.harness.train import penalty_message, planned_run_name, train_run
 
 PLAN_FILE = "experiment.yaml"
 
@@ -251,10 +252,13 @@ def summary_table(exp: Experiment) -> str:
             "final MCC",
             "runtime s",
             "trainable",
+            "‖∇P‖/‖∇L‖",
         )
     ]
+    ratios = _penalty_ratios(exp.runs)
     for label, g in exp.aggregated["groups"].items():
         m = g["metrics"]
+        ratio = ratios.get(label)
         rows.append(
             (
                 label,
@@ -265,11 +269,13 @@ def summary_table(exp: Experiment) -> str:
                 m["final_eval_mcc"]["display"],
                 f"{m['runtime_sec']['mean']:.1f}",
                 f"{g['trainable_params']:,}",
+                "-" if ratio is None else f"{ratio:.2g}",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += _penalty_notes(exp.runs, ratios)
     for comp in exp.significance["comparisons"]:
         ci = comp["bootstrap_ci"]
         mc = ", ".join(
@@ -282,6 +288,34 @@ def summary_table(exp: Experiment) -> str:
             f"(95% CI {ci['low']:+.4f} … {ci['high']:+.4f}); McNemar {mc}"
         )
     return "\n".join(lines)
+
+
+def _penalty_ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Per label: the median over its runs of each run's median ‖∇P‖/‖∇L_task‖."""
+    found: dict[str, list[float]] = {}
+    for run in runs:
+        ratio = (run.get("fisher") or {}).get("penalty_grad_ratio")
+        if ratio is not None:
+            found.setdefault(run["label"], []).append(ratio)
+    return {label: float(np.median(values)) for label, values in found.items()}
+
+
+def _penalty_notes(runs: list[dict[str, Any]], ratios: dict[str, float]) -> list[str]:
+    """Plain warnings: a penalty too weak to change training; a K that no run reached."""
+    lines = []
+    for label, ratio in ratios.items():
+        lam = next(r["config"]["fisher_lam"] for r in runs if r["label"] == label)
+        message = penalty_message(ratio, lam)
+        if message:
+            lines.append(f"note: {label}: {message}")
+    for run in runs:
+        fisher = run.get("fisher") or {}
+        if fisher.get("warmup_steps") is not None and fisher["warmup_steps"] >= run["total_steps"]:
+            lines.append(
+                f"note: {run['run']}: K={fisher['warmup_steps']} >= its {run['total_steps']} "
+                "steps: FW-LoRA never left warm-up, the penalty was never applied (= plain LoRA)"
+            )
+    return lines
 
 
 def config_from(file: str | None, overrides: dict[str, Any]) -> RunConfig:

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fwlora.harness.artefacts import group_runs
+from fwlora.harness.metrics import primary_metric
 
 FORMATS = ("pdf", "png")
 
@@ -51,7 +52,7 @@ def eval_acc_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
     ax = fig.add_subplot()
     ax.plot(epochs, [h["eval_acc"] for h in run["epochs"]], "o-", label="accuracy")
     ax.plot(epochs, [h["eval_f1"] for h in run["epochs"]], "s--", label="F1", alpha=0.7)
-    if run["task"] == "cola":
+    if run.get("primary_metric", primary_metric(run["task"])) == "mcc":
         ax.plot(epochs, [h["eval_mcc"] for h in run["epochs"]], "^-", label="Matthews corr.")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation metric")
@@ -189,3 +190,95 @@ def all_plots(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     paths += comparison_bar_chart(runs, "best_eval_acc", out_dir)
     paths += comparison_bar_chart(runs, "runtime_sec", out_dir)
     return paths
+
+
+# ------------------------------------------------------------------ sweeps (fwlora sweep)
+_SERIES_STYLE = {"fw-lora (sum)": "o-", "fw-lora (max)": "s-", "l2-lora": "^--"}
+
+
+def _series_style(name: str, index: int) -> tuple[str, str]:
+    return _SERIES_STYLE.get(name, "d-"), f"C{index}"
+
+
+def sweep_lambda_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Held-out metric vs λ (log axis): mean ± 95 % t-CI over seeds per series; plain LoRA
+    as a horizontal band (its mean ± CI). `doc` is sweep_tests.json."""
+    curve = doc["curve"]
+    fig = Figure(figsize=(5.6, 3.9))
+    ax = fig.add_subplot()
+    lora = curve.get("lora")
+    if lora:
+        ci = lora["ci95"]
+        ax.axhline(ci["mean"], color="0.35", lw=1.2, label=f"LoRA (n={ci['n']})")
+        if ci["low"] is not None:
+            ax.axhspan(ci["low"], ci["high"], color="0.85", alpha=0.8, lw=0)
+    count = len(curve["series"])
+    for i, (name, points) in enumerate(curve["series"].items()):
+        style, color = _series_style(name, i)
+        # a small offset along the log axis per series, so that error bars do not overlap
+        lams = np.array([p["lam"] for p in points]) * 10 ** (0.04 * (i - (count - 1) / 2))
+        means = np.array([p["ci95"]["mean"] for p in points])
+        lows = np.array(
+            [p["ci95"]["low"] if p["ci95"]["low"] is not None else m for p, m in zip(points, means)]
+        )
+        highs = np.array(
+            [
+                p["ci95"]["high"] if p["ci95"]["high"] is not None else m
+                for p, m in zip(points, means)
+            ]
+        )
+        n = max(p["ci95"]["n"] for p in points)
+        ax.errorbar(
+            lams,
+            means,
+            yerr=[means - lows, highs - means],
+            fmt=style,
+            color=color,
+            capsize=3,
+            ms=5,
+            label=f"{name} (n={n})",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("λ (penalty strength)")
+    metric = curve["metric"].replace("final_eval_", "held-out ")
+    ax.set_ylabel(f"{metric} (final epoch)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy vs λ: mean ± 95% CI over seeds", fontsize=10)
+    return _save(fig, out_dir, "sweep_lambda_curve")
+
+
+def penalty_ratio_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
+    """‖∇P‖/‖∇L_task‖ vs λ (log-log): how strongly the penalty acts; the dotted line is the
+    1e-2 level below which it barely changes training."""
+    curve = doc["curve"]
+    fig = Figure(figsize=(5.6, 3.9))
+    ax = fig.add_subplot()
+    for i, (name, points) in enumerate(curve["series"].items()):
+        style, color = _series_style(name, i)
+        pts = [p for p in points if p["penalty_grad_ratio"]]
+        if pts:
+            ax.plot(
+                [p["lam"] for p in pts],
+                [p["penalty_grad_ratio"] for p in pts],
+                style,
+                color=color,
+                ms=5,
+                label=name,
+            )
+    ax.axhline(1e-2, ls=":", color="k", lw=1)
+    ax.annotate(
+        "1e-2: penalty barely acts below",
+        (0.02, 1e-2),
+        xycoords=("axes fraction", "data"),
+        va="bottom",
+        fontsize=8,
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("λ (penalty strength)")
+    ax.set_ylabel("‖∇P‖ / ‖∇L_task‖ (median)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title("Penalty gradient relative to the task gradient", fontsize=10)
+    return _save(fig, out_dir, "sweep_penalty_ratio")

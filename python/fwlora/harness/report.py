@@ -3,6 +3,7 @@ paper's page conventions) + `images/` (PNG figures) + `data/` (the JSON artefact
 
 from __future__ import annotations
 
+import json
 import shutil
 from html import escape
 from pathlib import Path
@@ -12,6 +13,8 @@ import yaml
 from fwlora.harness.artefacts import group_runs
 from fwlora.harness.errors import HarnessError
 from fwlora.harness.experiment import Experiment, load_experiment
+from fwlora.harness.metrics import primary_metric
+from fwlora.harness.sweep import SWEEP_TESTS
 
 ARTEFACTS = ("metrics.json", "aggregated_metrics.json", "significance_tests.json")
 CAPTIONS = {
@@ -43,6 +46,22 @@ class _Figures:
             f'<figure><img src="images/{escape(target)}" style="width:70%" '
             f'alt="{escape(caption)}"><figcaption>Figure {self.count}: {escape(caption)}'
             "</figcaption></figure>"
+        )
+
+    def pair(self, first: Path, second: Path, caption: str) -> str:
+        """Two figures side by side (`img-pair`, 48 % each), one caption."""
+        pngs = [p.with_suffix(".png") for p in (first, second)]
+        if not all(p.is_file() for p in pngs):
+            return ""
+        images = []
+        for png in pngs:
+            target = f"{self.prefix}{png.name}"
+            shutil.copyfile(png, self.images / target)
+            images.append(f'<img src="images/{escape(target)}" style="width:48%" alt="">')
+        self.count += 1
+        return (
+            f'<figure class="img-pair">{"".join(images)}<figcaption>Figure {self.count}: '
+            f"{escape(caption)}</figcaption></figure>"
         )
 
 
@@ -178,9 +197,57 @@ def _significance_items(exp: Experiment) -> list[str]:
     return items
 
 
+def _sweep_doc(exp: Experiment) -> dict | None:
+    path = exp.out_dir / SWEEP_TESTS
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _sweep_figure(exp: Experiment, figures: _Figures) -> list[str]:
+    if _sweep_doc(exp) is None:
+        return []
+    fig_dir = exp.out_dir / "figures"
+    return [
+        figures.pair(
+            fig_dir / "sweep_lambda_curve.png",
+            fig_dir / "sweep_penalty_ratio.png",
+            "Left: held-out accuracy (final epoch) vs λ, mean ± 95% t-interval over seeds "
+            "(series offset slightly along λ for legibility); "
+            "the grey band is plain LoRA (mean ± 95% CI), higher is better. Right: the "
+            "penalty's gradient relative to the task's, ‖∇P‖/‖∇L_task‖ (median over the "
+            "penalised steps and seeds); below the dotted 1e-2 the penalty barely acts.",
+        )
+    ]
+
+
+def _sweep_items(exp: Experiment) -> list[str]:
+    """fw-lora vs the l2-lora control at each λ (sweep_tests.json)."""
+    doc = _sweep_doc(exp)
+    if doc is None:
+        return []
+    items = []
+    for test in doc["fw_vs_l2"]:
+        across = test["across_seeds"] or {}
+        t, w = across.get("paired_t"), across.get("wilcoxon")
+        pooled = test.get("mcnemar_pooled")
+        text = (
+            f"mean final accuracy difference {across.get('mean_difference', 0.0):+.4f} over "
+            f"{len(test['seeds'])} seeds; paired t-test p = "
+            f"{'n/a' if not t else format(t['p_value'], '.3g')}; Wilcoxon p = "
+            f"{'n/a' if not w else format(w['p_value'], '.3g')}"
+        )
+        if pooled:
+            text += (
+                f"; McNemar pooled over seeds b = {pooled['b']}, c = {pooled['c']}, "
+                f"p = {pooled['p_value']:.3g}"
+            )
+        items.append(_li(f"{test['method']} vs l2-lora, λ = {test['lam']:g}", escape(text)))
+    return items
+
+
 def _results_figures(exp: Experiment, figures: _Figures) -> list[str]:
     fig_dir = exp.out_dir / "figures"
     out = [
+        *_sweep_figure(exp, figures),
         figures.figure(
             fig_dir / "comparison_best_eval_acc_bar_chart.png",
             "Best validation accuracy per method, mean ± std over seeds, dots are seeds "
@@ -226,7 +293,7 @@ def _summary_items(exp: Experiment) -> list[str]:
             f"{_pm(m['best_eval_acc'])}), runtime {_pm(m['runtime_sec'], 1)} s over "
             f"{seeds} seed{'s' if seeds > 1 else ''}"
         )
-        if g["task"] == "cola":
+        if primary_metric(g["task"]) == "mcc":
             text += f", Matthews correlation {_pm(m['final_eval_mcc'])}"
         items.append(_li(label, escape(text)))
     return items
@@ -246,7 +313,8 @@ def build_report(run_dirs: list[str | Path], output: str | Path, title: str | No
         heading = f" ({exp.out_dir.name})" if len(experiments) > 1 else ""
         data_dir = site / "data" / f"{prefix}{exp.out_dir.name}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        for name in ARTEFACTS:
+        names = [*ARTEFACTS, *([SWEEP_TESTS] if (exp.out_dir / SWEEP_TESTS).is_file() else [])]
+        for name in names:
             shutil.copyfile(exp.out_dir / name, data_dir / name)
         figures = _Figures(site, prefix)
         figures.count = figure_count
@@ -284,7 +352,7 @@ def build_report(run_dirs: list[str | Path], output: str | Path, title: str | No
             "</section>"
         )
         figure_count = figures.count
-        sig = _significance_items(exp)
+        sig = _significance_items(exp) + _sweep_items(exp)
         parts.append(
             "<section>"
             f"<h2>Significance{escape(heading)}</h2>"
@@ -299,7 +367,7 @@ def build_report(run_dirs: list[str | Path], output: str | Path, title: str | No
                 name,
                 f'<a href="data/{escape(data_dir.name)}/{name}" target="_blank">{escape(name)}</a>',
             )
-            for name in ARTEFACTS
+            for name in names
         )
         parts.append(f"<section><h2>Artefacts{escape(heading)}</h2><ul>{links}</ul></section>")
     index_html = site / "index.html"

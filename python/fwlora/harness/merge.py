@@ -1,0 +1,137 @@
+"""`fwlora merge`: several finished experiments as one (e.g. a sweep split by seeds over
+processes or machines), so that aggregation, the significance tests, the λ curve and the
+report see every seed together.
+
+An input may be an experiment that stopped early (or is still running): its finished runs
+(`runs/*/metrics.json` with status complete) are taken, the others left out. The runs must
+be disjoint (no run name twice) and agree on every result-relevant setting
+except the seed, within each label; anything else is refused, naming the setting. The merged
+folder holds a copy of each run folder (without its checkpoint) and is written like any
+experiment: in a temporary folder beside OUT, moved into place at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fwlora.harness.checkpoint import CHECKPOINT
+from fwlora.harness.config import NON_RESULT_KEYS
+from fwlora.harness.errors import HarnessError
+from fwlora.harness.experiment import (
+    PLAN_FILE,
+    Experiment,
+    _finished_run,
+    _moved,
+    write_experiment,
+)
+from fwlora.harness.output import MARKER, Staging, check_output, written_by_fwlora
+from fwlora.harness.sweep import write_sweep
+
+# Settings that may differ between the merged runs of one label.
+PER_RUN_KEYS = NON_RESULT_KEYS | {"seed"}
+
+
+def _settings(run: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run["config"].items() if k not in PER_RUN_KEYS}
+
+
+def _finished_runs(folder: Path) -> Experiment:
+    """The finished runs of an experiment folder fwlora wrote (finished or not)."""
+    if not written_by_fwlora(folder):
+        raise HarnessError(f"{folder}: not an experiment folder written by fwlora (no {MARKER})")
+    runs, run_dirs = [], {}
+    for slot in sorted((folder / "runs").glob("*")):
+        metrics = _finished_run(slot)
+        if metrics is not None:
+            runs.append(metrics)
+            run_dirs[metrics["run"]] = slot
+    if not runs:
+        raise HarnessError(f"{folder}: no finished run")
+    return Experiment(folder, runs, run_dirs, {}, {}, [])
+
+
+_METHOD_ORDER = {"lora": 0, "fw-lora": 1, "l2-lora": 2, "adalora": 3}
+
+
+def _order(run: dict[str, Any]) -> tuple:
+    """Seed, then a sweep's plan order: lora, fw-lora (sum, max), l2-lora, adalora; by λ."""
+    config = run["config"]
+    norm = {"sum": 0, "max": 1}.get(config.get("fisher_normalization") or "", 2)
+    lam = config.get("fisher_lam", 0.0) if run["method"] in ("fw-lora", "l2-lora") else 0.0
+    return (run["seed"], _METHOD_ORDER.get(run["method"], 4), norm, lam, run["label"])
+
+
+def _check_runs(sources: list[tuple[Path, Experiment]]) -> None:
+    seen: dict[str, Path] = {}
+    reference: dict[str, tuple[dict[str, Any], Path]] = {}
+    for folder, exp in sources:
+        for run in exp.runs:
+            if run["run"] in seen:
+                raise HarnessError(
+                    f"run {run['run']} is in both {seen[run['run']]} and {folder}; "
+                    "merge experiments with distinct seeds"
+                )
+            seen[run["run"]] = folder
+            if run["run"] not in exp.run_dirs:
+                raise HarnessError(f"{folder}: run {run['run']} has no run folder")
+            settings = _settings(run)
+            label = run["label"]
+            if label not in reference:
+                reference[label] = (settings, folder)
+                continue
+            ref, ref_folder = reference[label]
+            differ = sorted(
+                k for k in ref.keys() | settings.keys() if ref.get(k) != settings.get(k)
+            )
+            if differ:
+                key = differ[0]
+                raise HarnessError(
+                    f"{label} runs differ in {key!r} ({ref.get(key)!r} in {ref_folder}, "
+                    f"{settings.get(key)!r} in {folder}); only the seed may differ"
+                )
+
+
+def merge_experiments(
+    dirs: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False
+) -> tuple[Experiment, str]:
+    """One experiment in `out_dir` from the finished experiments in `dirs`; returns it and
+    the sweep's terminal text ("" without fw-lora / l2-lora runs)."""
+    if len(dirs) < 2:
+        raise HarnessError("give at least two experiment folders")
+    out_dir = Path(out_dir)
+    sources = [(Path(d), _finished_runs(Path(d))) for d in dirs]
+    if any(folder.resolve() == out_dir.resolve() for folder, _ in sources):
+        raise HarnessError(f"-o {out_dir} is one of the inputs; choose another -o")
+    _check_runs(sources)
+    check_output(out_dir, overwrite, False)
+    staging = Staging(out_dir, False)
+    try:
+        runs, run_dirs = [], {}
+        for _, exp in sources:
+            for run in exp.runs:
+                target = staging.path / "runs" / exp.run_dirs[run["run"]].name
+                shutil.copytree(
+                    exp.run_dirs[run["run"]], target, ignore=shutil.ignore_patterns(CHECKPOINT)
+                )
+                runs.append(run)
+                run_dirs[run["run"]] = target
+        runs.sort(key=_order)
+        plan = {
+            "merged_from": [str(folder) for folder, _ in sources],
+            "runs": [
+                {k: v for k, v in r["config"].items() if k not in NON_RESULT_KEYS} for r in runs
+            ],
+        }
+        (staging.path / PLAN_FILE).write_text(yaml.safe_dump(plan, sort_keys=False))
+        exp = write_experiment(staging.path, runs, run_dirs)
+        text = write_sweep(staging.path)
+    except BaseException:
+        staging.discard()
+        raise
+    staging.commit()
+    return _moved(exp, staging.path, out_dir), text
