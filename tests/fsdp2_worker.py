@@ -32,6 +32,7 @@ from torch.distributed.tensor.debug import CommDebugMode  # noqa: E402
 
 from fwlora import FisherAdamW  # noqa: E402
 from fwlora.optim import distributed as fw_dist  # noqa: E402
+from fwlora.optim.options import DEFAULTS  # noqa: E402
 from fwlora.optim.penalty import FisherPenalty  # noqa: E402
 from fwlora.optim.targets import find_adapter_matrices  # noqa: E402
 from tiny import batches, tiny_lora_model  # noqa: E402
@@ -163,7 +164,8 @@ def scenario_hsdp(rank: int, cache: dict) -> dict:
 
 def scenario_decoupled(rank: int, cache: dict) -> dict:
     # penalty="decoupled": AdamW's decay of each adapter scaled by (1 - I_m), on the shards.
-    options = {"penalty": "decoupled", "weight_decay": 0.5}
+    # λ is not used in this mode (FisherOptions refuses a non-default one): back to the default.
+    options = {"penalty": "decoupled", "weight_decay": 0.5, "lam": DEFAULTS.lam}
     return compare(run_ddp(rank, **options), run_fsdp2(rank, **options))
 
 
