@@ -35,6 +35,7 @@ def variants() -> dict[str, dict]:
     out = {"exact": {"estimator": "exact"}}
     for k in SKETCH_DIMS:
         out[f"sketch k={k}"] = {"estimator": "sketch", "sketch_dim": k}
+    out["adapter"] = {"estimator": "adapter"}  # the LoRA factors' own gradients, no hooks
     return out
 
 

@@ -1,7 +1,8 @@
 """FW-LoRA optimizers: FisherAdamW, and FisherWeighting for any other torch optimizer.
 
 Modules, one job each: options (every option, defined and validated once), targets (which
-LoRA matrices), statistics (warm-up gradient statistics from hooks), penalty (the weighted
+LoRA matrices), statistics (warm-up gradient statistics from hooks), adapter_estimate (the
+hook-free estimate from the LoRA gradients), penalty (the weighted
 penalty's gradient), strength (how strongly it acts), decoupled (the decoupled-decay
 reading), distributed (ranks), checkpoint (the state_dict entry), weighting (the mechanism),
 adamw (FisherAdamW).

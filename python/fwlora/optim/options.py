@@ -20,7 +20,7 @@ from fwlora._core import FisherCore
 _CORE = FisherCore.defaults()
 CORE_OPTIONS = tuple(_CORE)  # the options the Rust core holds and validates
 PENALTY_MODES = ("coupled", "decoupled")
-ESTIMATORS = ("exact", "sketch")
+ESTIMATORS = ("exact", "sketch", "adapter")
 
 
 def _opt(

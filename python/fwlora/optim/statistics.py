@@ -213,7 +213,7 @@ class GradientStatistics:
         *,
         accumulation_steps: int = 1,
     ) -> None:
-        assert estimator in ESTIMATORS, estimator
+        assert estimator in ESTIMATORS and estimator != "adapter", estimator
         assert sketch_dim >= 1 and accumulation_steps >= 1, (sketch_dim, accumulation_steps)
         self.matrices = matrices
         self.estimator = estimator

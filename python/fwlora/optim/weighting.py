@@ -28,9 +28,15 @@ import torch
 from torch import nn
 
 from fwlora._core import FisherCore
+from fwlora.optim.adapter_estimate import adapter_estimate
 from fwlora.optim.checkpoint import STATE_KEY, check_fisher_state, fisher_state, require_entry
 from fwlora.optim.decoupled import has_decoupled_decay, scale_decoupled_decay
-from fwlora.optim.distributed import check_sharding, current_matrices, mean_over_ranks
+from fwlora.optim.distributed import (
+    check_sharding,
+    current_matrices,
+    is_dtensor,
+    mean_over_ranks,
+)
 from fwlora.optim.options import CORE_OPTIONS, FisherOptions
 from fwlora.optim.penalty import FisherPenalty
 from fwlora.optim.statistics import GradientStatistics
@@ -64,6 +70,7 @@ class FisherWeighting:
         self._factors = [p for m in self.matrices for p in (m.lora_A, m.lora_B)]
         self._rows: list[torch.Tensor] = []  # observed rows not yet in the core
         self._first_row_checked = False
+        self._adapter_row: torch.Tensor | None = None  # estimator="adapter": this step's ĝ
         self._decay_weights: list[float] = []
         self._grad_scaler: Any = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -71,12 +78,13 @@ class FisherWeighting:
         self._pending_load: tuple[dict, FisherCore] | None = None
         self._checked_factors = False
         check_sharding(self.matrices)
+        self._check_estimator()
 
     def _new_statistics(self) -> GradientStatistics:
         o = self.options
         return GradientStatistics(
             self.matrices,
-            o.estimator,
+            "exact" if o.estimator == "adapter" else o.estimator,  # adapter: never attached
             o.sketch_dim,
             o.seed,
             accumulation_steps=o.accumulation_steps,
@@ -237,6 +245,9 @@ class FisherWeighting:
             if fresh is not None:
                 self._adopt_matrices(fresh)
             self._checked_factors = True
+        if self.options.estimator == "adapter" and self.core.observing:
+            # Before the update: the gradients and the weights they belong to.
+            self._adapter_row = adapter_estimate(self.matrices)
         scale = self.core.schedule_scale(self.step + 1)
         if scale == 0.0:
             return
@@ -255,10 +266,7 @@ class FisherWeighting:
         if not self.core.observing:  # rows never wait past a phase change (see flush)
             self.core.advance(1)
             return
-        row = self.statistics.take_row(self._device)
-        scale = getattr(self._grad_scaler, "_scale", None)
-        if scale is not None and self._grad_scaler.is_enabled():
-            row = row / scale.to(row.device, torch.float64).square()
+        row = self._observed_row()
         row = mean_over_ranks(row)
         if not self._first_row_checked:
             self._first_row_checked = True
@@ -269,8 +277,30 @@ class FisherWeighting:
         if len(self._rows) >= min(self.options.flush_every, due if due is not None else 1):
             self.flush()
 
+    def _check_estimator(self) -> None:
+        sharded = any(is_dtensor(p) for m in self.matrices for p in (m.lora_A, m.lora_B))
+        if self.options.estimator == "adapter" and sharded:
+            raise ValueError(
+                'estimator: "adapter" reads whole LoRA factors, which FSDP2 shards; use '
+                'estimator="exact" or "sketch" under FSDP2'
+            )
+
+    def _observed_row(self) -> torch.Tensor:
+        """This step's g_m (M floats on the device), from the hooks or the adapter estimate."""
+        if self.options.estimator == "adapter":
+            row, self._adapter_row = self._adapter_row, None
+            if row is None:  # step() without before_step(): nothing was read
+                row = torch.zeros(len(self.matrices), dtype=torch.float64, device=self._device)
+            return row  # read off the optimizer's (already unscaled) gradients
+        row = self.statistics.take_row(self._device)
+        scale = getattr(self._grad_scaler, "_scale", None)
+        if scale is not None and self._grad_scaler.is_enabled():
+            row = row / scale.to(row.device, torch.float64).square()
+        return row
+
     def _adopt_matrices(self, fresh: list[AdapterMatrix]) -> None:
         self.matrices[:] = fresh  # in place: GradientStatistics holds this same list
+        self._check_estimator()
         self.penalty = FisherPenalty(self.matrices)
         self._factors = [p for m in self.matrices for p in (m.lora_A, m.lora_B)]
         self._sync_phase()  # re-caches the penalty factors on the new groups
@@ -332,7 +362,7 @@ class FisherWeighting:
 
     def _sync_phase(self) -> None:
         """Hooks on while observing; factors cached on the device once importances exist."""
-        observing = self.core.observing
+        observing = self.core.observing and self.options.estimator != "adapter"
         if observing and not self.statistics.attached:
             self.statistics.step = self.step
             self.statistics.attach()
