@@ -212,6 +212,7 @@ class GradientStatistics:
         seed: int = 0,
         *,
         accumulation_steps: int = 1,
+        step_of: Callable[[], int] | None = None,
     ) -> None:
         assert estimator in ESTIMATORS and estimator != "adapter", estimator
         assert sketch_dim >= 1 and accumulation_steps >= 1, (sketch_dim, accumulation_steps)
@@ -220,7 +221,9 @@ class GradientStatistics:
         self.sketch_dim = sketch_dim
         self.seed = seed
         self.accumulation_steps = accumulation_steps
-        self.step = 0  # the optimizer step whose backward passes are being observed
+        # Optimizer steps taken so far (the owner's count, read when needed; 0 standalone):
+        # seeds each step's sketch, so runs and resumes are reproducible.
+        self._step_of = step_of if step_of is not None else (lambda: 0)
         self.last_unseen: list[int] = []
         self.shared: set[int] = set()  # indices ever seen called more than once per pass
         self._pending: list[torch.Tensor | None] = [None] * len(matrices)
@@ -369,13 +372,14 @@ class GradientStatistics:
         self._pending[index] = value if previous is None else previous + value
 
     def _omega(self, in_features: int, inputs: torch.Tensor) -> torch.Tensor:
-        key = (in_features, inputs.device, inputs.dtype, self.step)
+        step = self._step_of()
+        key = (in_features, inputs.device, inputs.dtype, step)
         omega = self._omegas.get(key)
         if omega is None:
             # Keep only this step's matrices; fresh Ω per step, reproducible from the step.
-            self._omegas = {k: v for k, v in self._omegas.items() if k[3] == self.step}
+            self._omegas = {k: v for k, v in self._omegas.items() if k[3] == step}
             gen = torch.Generator(device=inputs.device)
-            gen.manual_seed(self.seed * 1_000_003 + self.step * 7919 + in_features)
+            gen.manual_seed(self.seed * 1_000_003 + step * 7919 + in_features)
             omega = torch.randn(
                 in_features, self.sketch_dim, generator=gen, device=inputs.device
             ).to(inputs.dtype)

@@ -88,6 +88,7 @@ class FisherWeighting:
             o.sketch_dim,
             o.seed,
             accumulation_steps=o.accumulation_steps,
+            step_of=lambda: self.step,
         )
 
     @property
@@ -272,7 +273,6 @@ class FisherWeighting:
             self._first_row_checked = True
             self._warn_unobserved(row)
         self._rows.append(row)
-        self.statistics.step = self.step
         due = self.core.steps_until_update
         if len(self._rows) >= min(self.options.flush_every, due if due is not None else 1):
             self.flush()
@@ -364,7 +364,6 @@ class FisherWeighting:
         """Hooks on while observing; factors cached on the device once importances exist."""
         observing = self.core.observing and self.options.estimator != "adapter"
         if observing and not self.statistics.attached:
-            self.statistics.step = self.step
             self.statistics.attach()
         elif not observing and self.statistics.attached:
             self.statistics.detach()
@@ -405,7 +404,6 @@ class FisherWeighting:
             self.statistics.detach()
             self.statistics = self._new_statistics()
         self.statistics.reset()
-        self.statistics.step = self.step
         self._sync_phase()
 
     def _state_dict_hook(
