@@ -9,30 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from fwlora import FisherAdamW
-from tiny import SEQ, VOCAB, batches, loss_of
+from tiny import batches, loss_of, tiny_lora_model
 
 
 def _square_lora_model(orthogonal_b: bool):
-    torch.manual_seed(0)
-    config = RobertaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=SEQ + 4,
-        num_labels=2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    lora = LoraConfig(
-        task_type="SEQ_CLS", r=16, lora_alpha=8, target_modules=["query", "key", "value"]
-    )
-    model = get_peft_model(RobertaForSequenceClassification(config), lora).double()
+    # q, k, v of the hidden-16 model with r = 16: every factor is square.
+    model = tiny_lora_model(rank=16, random_b=False, targets=["query", "key", "value"])
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in model.named_parameters():

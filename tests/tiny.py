@@ -31,8 +31,9 @@ def tiny_lora_model(
     layers: int = 2,
     rank: int = 4,
     random_b: bool = True,
+    targets: list[str] | None = None,
 ):
-    """A 2-layer RoBERTa (hidden 16) with LoRA on the paper's target modules.
+    """A 2-layer RoBERTa (hidden 16) with LoRA on the paper's target modules (or `targets`).
 
     `random_b` initialises B randomly too (peft's default is B = 0), so the penalty and
     every gradient are non-trivial from the first step.
@@ -55,7 +56,7 @@ def tiny_lora_model(
         r=rank,
         lora_alpha=2 * rank,
         lora_dropout=0.0,
-        target_modules=TARGETS,
+        target_modules=TARGETS if targets is None else targets,
         init_lora_weights=not random_b,
     )
     model = get_peft_model(base, lora).to(dtype)
