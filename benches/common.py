@@ -289,5 +289,7 @@ def bytes_alive_after(fn: Callable[[], object]) -> tuple[int, object]:
     with Record():
         result = fn()
     gc.collect()
+    # A storage seen twice (an op returning a view) has one weak reference per sighting,
+    # all with the same cdata; a freed address reused later is a new storage.
     alive = {ref.cdata: size for ref, size in seen if not ref.expired()}
     return sum(alive.values()), result

@@ -7,13 +7,19 @@ is shared with the package's statistic.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from fwlora import FisherAdamW
+
+# One memory measurement for this regression test and benches/bench_memory.py.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benches"))
+from common import bytes_alive_after  # noqa: F401  (re-exported for the tests)
 
 VOCAB = 64
 SEQ = 10
@@ -203,39 +209,6 @@ def shared_llama(calls: int, seed: int = 0, dtype: torch.dtype = torch.float64, 
     if getattr(config, "layer_types", None):
         config.layer_types = [config.layer_types[0]] * calls
     return model
-
-
-def bytes_alive_after(fn: Callable[[], object]) -> tuple[int, object]:
-    """Bytes of the tensor storages created during `fn()` that are still alive after it returns.
-
-    Every aten op's outputs are recorded (a TorchDispatchMode) by a weak reference to their
-    storage; after `fn` returns (and a gc pass), the storages not yet freed are summed, each
-    once. Activations autograd keeps for backward count, and so does anything a hook holds.
-    Returns (bytes, fn's result, which the caller keeps alive).
-    """
-    import gc
-
-    from torch.multiprocessing.reductions import StorageWeakRef
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    seen: list[tuple[StorageWeakRef, int]] = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in torch.utils._pytree.tree_leaves(out):
-                if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                    storage = t.untyped_storage()
-                    seen.append((StorageWeakRef(storage), storage.nbytes()))
-            return out
-
-    with Record():
-        result = fn()
-    gc.collect()
-    # A storage seen twice (an op returning a view) has one weak reference per sighting,
-    # all with the same cdata; a freed address reused later is a new storage.
-    alive = {ref.cdata: size for ref, size in seen if not ref.expired()}
-    return sum(alive.values()), result
 
 
 def quantized_llama(bits: int, seed: int = 0):
