@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from fwlora.cli import build_parser, main
-from tiny import tiny_settings
+from tiny import settings_flags, tiny_settings
 
 
 @pytest.fixture(scope="module")
@@ -15,19 +15,9 @@ def tiny(tmp_path_factory):
     return tiny_settings(tmp_path_factory.mktemp("cli"))
 
 
-def _flags(settings, skip=()):
-    out = []
-    for key, value in settings.items():
-        if key in skip:
-            continue
-        flag = "--" + key.replace("_", "-")
-        out += [flag] if value is True else [flag, str(value)]
-    return out
-
-
 def test_train_writes_artefacts_and_report(tiny, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "-o", str(out), "--method", "fw-lora", *_flags(tiny)]) == 0
+    assert main(["train", "-o", str(out), "--method", "fw-lora", *settings_flags(tiny)]) == 0
     printed = capsys.readouterr().out
     assert "fw-lora" in printed and "report:" in printed
     for name in (
@@ -50,9 +40,9 @@ def test_train_writes_artefacts_and_report(tiny, tmp_path, capsys):
     ]
 
     # The output exists now: refused without --overwrite, replaced with it.
-    assert main(["train", "-o", str(out), *_flags(tiny)]) == 2
+    assert main(["train", "-o", str(out), *settings_flags(tiny)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["train", "-o", str(out), "--overwrite", *_flags(tiny)]) == 0
+    assert main(["train", "-o", str(out), "--overwrite", *settings_flags(tiny)]) == 0
     capsys.readouterr()
 
     site = tmp_path / "site"
@@ -88,7 +78,7 @@ def test_ablation_command(tiny, tmp_path):
         "0.0005",
         "--seeds",
         "1",
-        *_flags(tiny | {"epochs": 1}),
+        *settings_flags(tiny | {"epochs": 1}),
     ]
     assert main(args) == 0
     groups = json.loads((out / "aggregated_metrics.json").read_text())["groups"]
@@ -109,7 +99,7 @@ def test_bad_input_is_a_message_not_a_traceback(tiny, tmp_path, capsys, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "bad"
     settings = {k: v for k, v in tiny.items() if f"--{k.replace('_', '-')}" not in args}
-    assert main(["train", "-o", str(out), *_flags(settings), *args]) == 2
+    assert main(["train", "-o", str(out), *settings_flags(settings), *args]) == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
@@ -182,7 +172,7 @@ def test_config_file_errors_are_one_line(tmp_path, capsys):
 def test_an_output_under_a_file_is_refused(tiny, tmp_path, capsys):
     blocker = tmp_path / "notes.txt"
     blocker.write_text("not a folder")
-    assert main(["train", "-o", str(blocker / "out"), *_flags(tiny)]) == 2
+    assert main(["train", "-o", str(blocker / "out"), *settings_flags(tiny)]) == 2
     err = capsys.readouterr().err
     assert f"{blocker} is a file, not a folder" in err
     _one_line_error(err, "train")
@@ -194,7 +184,7 @@ def test_an_unwritable_output_folder_is_refused(tiny, tmp_path, capsys, monkeypa
     import fwlora.harness.output as output
 
     monkeypatch.setattr(output.os, "access", lambda path, mode: False)
-    assert main(["train", "-o", str(tmp_path / "out"), *_flags(tiny)]) == 2
+    assert main(["train", "-o", str(tmp_path / "out"), *settings_flags(tiny)]) == 2
     err = capsys.readouterr().err
     assert f"cannot write in {tmp_path} (permission denied)" in err
     _one_line_error(err, "train")
@@ -216,7 +206,7 @@ def test_progress_to_a_pipe_is_plain_lines(tiny, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(progress, "PLAIN_INTERVAL_SEC", 0.0)  # a line after every step
     settings = {k: v for k, v in tiny.items() if k != "quiet"}
-    assert main(["train", "-o", str(tmp_path / "out"), *_flags(settings)]) == 0
+    assert main(["train", "-o", str(tmp_path / "out"), *settings_flags(settings)]) == 0
     captured = capsys.readouterr()
     for stream in (captured.out, captured.err):
         assert "\r" not in stream and "\x1b" not in stream
@@ -230,5 +220,5 @@ def test_progress_on_a_terminal_is_a_bar(tiny, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(progress, "interactive", lambda: True)
     settings = {k: v for k, v in tiny.items() if k != "quiet"} | {"epochs": 1}
-    assert main(["train", "-o", str(tmp_path / "out"), *_flags(settings)]) == 0
+    assert main(["train", "-o", str(tmp_path / "out"), *settings_flags(settings)]) == 0
     assert "\r" in capsys.readouterr().err  # tqdm redraws in place

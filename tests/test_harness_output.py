@@ -11,20 +11,12 @@ import fwlora.harness.train as train_module
 from fwlora.cli import main
 from fwlora.harness.output import MARKER
 from fwlora.harness.resources import PeakMemory
-from tiny import tiny_settings
+from tiny import settings_flags, tiny_settings
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return tiny_settings(tmp_path_factory.mktemp("tiny"))
-
-
-def _flags(settings):
-    out = []
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        out += [flag] if value is True else [flag, str(value)]
-    return out
 
 
 def _snapshot(folder):
@@ -35,7 +27,7 @@ def _snapshot(folder):
 
 
 def _train(tiny, out, *extra, **changes):
-    return main(["train", "-o", str(out), *_flags(tiny | changes), *extra])
+    return main(["train", "-o", str(out), *settings_flags(tiny | changes), *extra])
 
 
 @pytest.fixture(scope="module")

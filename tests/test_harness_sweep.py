@@ -25,22 +25,12 @@ from fwlora.harness.sweep import (
     write_sweep,
 )
 from fwlora.harness.train import WEAK_PENALTY_RATIO, penalty_message
-from tiny import tiny_settings
+from tiny import settings_flags, tiny_settings
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return tiny_settings(tmp_path_factory.mktemp("sweep"))
-
-
-def _flags(settings, skip=()):
-    out = []
-    for key, value in settings.items():
-        if key in skip:
-            continue
-        flag = "--" + key.replace("_", "-")
-        out += [flag] if value is True else [flag, str(value)]
-    return out
 
 
 def _runs(out):
@@ -82,7 +72,7 @@ def test_normalization_defaults_and_l2_refuses_another(tiny):
 def test_cli_refuses_l2_lora_with_sum(tiny, tmp_path, capsys):
     out = tmp_path / "bad"
     args = ["train", "-o", str(out), "--method", "l2-lora", "--fisher-normalization", "sum"]
-    assert main([*args, *_flags(tiny)]) == 2
+    assert main([*args, *settings_flags(tiny)]) == 2
     err = capsys.readouterr().err
     assert "fisher_normalization: l2-lora is the uniform control" in err
     assert "Traceback" not in err and not out.exists()
@@ -92,7 +82,7 @@ def test_cli_refuses_l2_lora_with_sum(tiny, tmp_path, capsys):
 def test_penalty_ratio_is_stored_printed_and_grows_with_lambda(tiny, tmp_path, capsys):
     out = tmp_path / "ratio"
     args = ["sweep", "-o", str(out), "--methods", "fw-lora,l2-lora", "--lams", "1e-6,1"]
-    assert main([*args, "--seeds", "1", *_flags(tiny)]) == 0
+    assert main([*args, "--seeds", "1", *settings_flags(tiny)]) == 0
     printed = capsys.readouterr().out
     runs = {r["label"]: r for r in _runs(out)}
     assert set(runs) == {
@@ -142,7 +132,7 @@ def test_penalty_message_threshold():
 def test_k_beyond_the_run_is_said_in_the_terminal(tiny, tmp_path, capsys):
     out = tmp_path / "k"
     args = ["train", "-o", str(out), "--method", "fw-lora"]
-    assert main([*args, *_flags(tiny | {"fisher_warmup": 1000})]) == 0
+    assert main([*args, *settings_flags(tiny | {"fisher_warmup": 1000})]) == 0
     printed = capsys.readouterr().out
     assert "K=1000 >= its" in printed and "never left warm-up" in printed
     assert _runs(out)[0]["fisher"]["penalty_grad_ratio"] is None
@@ -185,7 +175,7 @@ def test_plan_grid_labels_and_settings(tiny):
 )
 def test_sweep_refuses_bad_lists(tiny, tmp_path, capsys, args, message):
     out = tmp_path / "bad"
-    assert main(["sweep", "-o", str(out), *args, *_flags(tiny)]) == 2
+    assert main(["sweep", "-o", str(out), *args, *settings_flags(tiny)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
@@ -194,7 +184,7 @@ def test_sweep_refuses_bad_lists(tiny, tmp_path, capsys, args, message):
 def test_sweep_resume_skips_finished_runs(tiny, tmp_path, capsys, monkeypatch):
     out = tmp_path / "resume"
     args = ["sweep", "-o", str(out), "--methods", "lora,l2-lora", "--lams", "0.01"]
-    args += ["--seeds", "1", *_flags(tiny | {"epochs": 1})]
+    args += ["--seeds", "1", *settings_flags(tiny | {"epochs": 1})]
     assert main(args) == 0
     first = {r["run"]: r["final_eval_acc"] for r in _runs(out)}
     # One run is missing (as if interrupted before it started): only it is trained.
@@ -316,7 +306,7 @@ def test_curve_figures_and_tests_from_fake_runs_on_disk(tmp_path):
 # ------------------------------------------------------------------ merge (split sweeps)
 def _tiny_sweep(tiny, out, seeds, extra=()):
     args = ["sweep", "-o", str(out), "--methods", "lora,fw-lora,l2-lora", "--lams", "0.01"]
-    return main([*args, "--seeds", seeds, *_flags(tiny | {"epochs": 1}), *extra])
+    return main([*args, "--seeds", seeds, *settings_flags(tiny | {"epochs": 1}), *extra])
 
 
 def test_merge_joins_a_sweep_split_by_seeds(tiny, tmp_path, capsys):
@@ -360,7 +350,7 @@ def test_merge_refuses_runs_that_differ_beyond_the_seed(tiny, tmp_path, capsys):
 def test_ablation_command_runs_the_papers_k_and_lambda_ablation(tiny, tmp_path):
     out = tmp_path / "ablation"
     args = ["ablation", "-o", str(out), "--ks", "2", "--lams", "0.0005", "--seeds", "1"]
-    assert main([*args, *_flags(tiny | {"epochs": 1})]) == 0
+    assert main([*args, *settings_flags(tiny | {"epochs": 1})]) == 0
     groups = json.loads((out / "aggregated_metrics.json").read_text())["groups"]
     assert list(groups) == [
         "lora",

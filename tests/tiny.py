@@ -191,3 +191,14 @@ def tiny_settings(directory: Path) -> dict:
         "device": "cpu",
         "num_threads": 1,  # a 32-wide model: thread hand-offs would cost more than they save
     }
+
+
+def settings_flags(settings: dict, skip: tuple[str, ...] = ()) -> list[str]:
+    """The CLI flags that give `settings` (True → a bare flag), leaving out `skip`."""
+    out: list[str] = []
+    for key, value in settings.items():
+        if key in skip:
+            continue
+        flag = "--" + key.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
+    return out
