@@ -6,6 +6,7 @@ kept. On the tiny BERT; runs through the `fwlora` command line."""
 import json
 
 import pytest
+import torch
 
 import fwlora.harness.train as train_module
 from fwlora.cli import main
@@ -231,3 +232,187 @@ def test_a_failure_after_a_checkpoint_keeps_it_and_says_where(tiny, tmp_path, mo
     run = "fw-lora-tiny-bert--train-seed42"
     assert f"kept in {out}: run {run} checkpointed after epoch 1" in err
     assert (out / "runs" / run / "checkpoint.pt").is_file() and (out / MARKER).is_file()
+
+
+# ------------------------------------------------ issue 18, items 1, 2 and 7: nothing lost
+RUN = "fw-lora-tiny-bert--train-seed42"
+
+
+def _during_training(monkeypatch, action):
+    """Calls `action()` once, while the (first) run trains."""
+    real = train_module.train_run
+    done = {}
+
+    def spy(*args, **kwargs):
+        if not done:
+            done["result"] = action()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("fwlora.harness.experiment.train_run", spy)
+    return done
+
+
+def test_a_second_run_to_the_same_output_is_refused_while_the_first_writes(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "race"
+    done = _during_training(monkeypatch, lambda: (_train(tiny, out, epochs=1), capsys.readouterr()))
+    assert _train(tiny, out, epochs=1) == 0
+    status, captured = done["result"]
+    assert status == 2
+    assert "another fwlora run is writing it now (in .race.fwlora-" in captured.err
+    _one_line(captured.err, "train")
+    assert json.loads((out / "metrics.json").read_text())["runs"]  # the first run's results
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["race"]
+
+
+def _results_beside(tmp_path, name):
+    (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith(f"{name}.fwlora-")]
+    assert (kept / "metrics.json").is_file() and (kept / MARKER).is_file()
+    return kept
+
+
+def test_an_output_that_appears_during_a_run_is_never_replaced(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+
+    def other_run_finishes():  # as if a second run had slipped past the lock
+        out.mkdir()
+        (out / "other.txt").write_text("another run's results")
+
+    _during_training(monkeypatch, other_run_finishes)
+    assert _train(tiny, out, epochs=1) == 2
+    err = capsys.readouterr().err
+    kept = _results_beside(tmp_path, "out")
+    assert f"output {out}: changed while this run was writing" in err
+    assert f"this run's results are in {kept}" in err
+    _one_line(err, "train")
+    assert _snapshot(out) == {"other.txt": b"another run's results"}
+
+
+def test_overwrite_keeps_a_file_the_user_added_during_the_run(
+    tiny, finished, tmp_path, monkeypatch, capsys
+):
+    old = _copy(finished, tmp_path)
+    _during_training(monkeypatch, lambda: (old / "notes.txt").write_text("mine"))
+    assert _train(tiny, old, "--overwrite", epochs=1) == 2
+    err = capsys.readouterr().err
+    assert "changed while this run was writing" in err
+    assert (old / "notes.txt").read_text() == "mine"
+    assert (old / "metrics.json").read_bytes() == (finished / "metrics.json").read_bytes()
+    _results_beside(tmp_path, "old")
+
+
+def test_an_interrupted_run_whose_output_appeared_keeps_its_checkpoint_beside_it(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "out"
+    _during_training(monkeypatch, lambda: out.mkdir())
+    _interrupt_at_step(monkeypatch, 8)  # epoch 2, step 2: epoch 1 is checkpointed
+    assert _train(tiny, out) == 130
+    err = capsys.readouterr().err
+    (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith("out.fwlora-")]
+    assert f"kept in {kept}: run {RUN} checkpointed after epoch 1" in err
+    assert (kept / "runs" / RUN / "checkpoint.pt").is_file()
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", [".", "..", "/"])
+def test_the_current_folder_or_above_is_refused_up_front(
+    tiny, tmp_path, monkeypatch, capsys, target
+):
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["train", "-o", target, *settings_flags(tiny)]) == 2
+    err = capsys.readouterr().err
+    assert f"output {target}: the current folder, a folder above it or the root" in err
+    _one_line(err, "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+    assert list(here.iterdir()) == []
+
+
+def _one_line(err, command):
+    assert err.startswith(f"fwlora {command}: error:") and err.count("\n") == 1, err
+
+
+def _start(tiny, out, epochs):
+    """`fwlora train` in a child process, as a user (or a cluster's scheduler) runs it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fwlora
+
+    env = dict(os.environ)
+    package_root = str(Path(fwlora.__file__).parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    argv = [sys.executable, "-m", "fwlora.cli", "train", "-o", str(out)]
+    argv += settings_flags(tiny | {"epochs": epochs})
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_checkpoint(process, parent, pattern):
+    import time
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if list(parent.glob(pattern)):
+            assert process.poll() is None, "the run ended before the signal"
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended early: {process.communicate()}")
+        time.sleep(0.02)
+    process.kill()
+    raise AssertionError("no checkpoint within 300 s")
+
+
+def test_resume_continues_a_run_killed_after_a_checkpoint(tiny, tmp_path, capsys):
+    import signal
+
+    out = tmp_path / "out"
+    process = _start(tiny, out, epochs=12)
+    _wait_for_checkpoint(process, tmp_path, f".out.fwlora-*/runs/{RUN}/checkpoint.pt")
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not out.exists()  # the checkpoint is orphaned beside OUT
+    (orphan,) = tmp_path.glob(".out.fwlora-*")
+    saved = torch.load(orphan / "runs" / RUN / "checkpoint.pt", weights_only=False)["progress"]
+    assert _train(tiny, out, "--resume", epochs=12) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming the run killed while writing {orphan.name} (moved to {out})" in printed
+    metrics = json.loads((out / "runs" / RUN / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["epochs"]] == list(range(1, 13))
+    # The killed run's epochs are kept as they were (timings included), not trained again.
+    assert metrics["epochs"][: saved["epoch"]] == saved["history"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_sigterm_keeps_the_checkpoint_like_ctrl_c(tiny, tmp_path):
+    import signal
+
+    out = tmp_path / "out"
+    process = _start(tiny, out, epochs=12)
+    _wait_for_checkpoint(process, tmp_path, f".out.fwlora-*/runs/{RUN}/checkpoint.pt")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "fwlora train: terminated (SIGTERM); kept in " in err and "Traceback" not in err
+    assert f"run {RUN} checkpointed after epoch" in err
+    assert (out / "runs" / RUN / "checkpoint.pt").is_file() and (out / MARKER).is_file()
+
+
+def test_resume_names_a_killed_run_it_cannot_tell_from_the_output(tiny, finished, tmp_path, capsys):
+    import shutil
+
+    old = _copy(finished, tmp_path)
+    orphan = tmp_path / ".old.fwlora-abcd1234"
+    shutil.copytree(old, orphan)
+    before = _snapshot(old)
+    assert _train(tiny, old, "--resume", epochs=1) == 2
+    err = capsys.readouterr().err
+    assert f"left its checkpoint in {orphan.name}; to continue that run, move {old} away" in err
+    _one_line(err, "train")
+    assert _snapshot(old) == before and orphan.is_dir()

@@ -10,9 +10,11 @@ extra to install instead of an ImportError.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -397,6 +399,26 @@ def _missing_extra(exc: ModuleNotFoundError) -> int:
     return 2
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt(received: list[int]):
+    """SIGTERM (a cluster's pre-emption, `kill`) stops a command like Ctrl-C: what is worth
+    keeping is kept for --resume. The signal's number is appended to `received`."""
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave the signal alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         from fwlora.harness.errors import HarnessError, Interrupted
@@ -410,19 +432,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)
         return exc.code if isinstance(exc.code, int) else 2
     name = f"fwlora {args.command}"
+    received: list[int] = []
     try:
-        COMMANDS[args.command](args)
+        with _sigterm_as_interrupt(received):
+            COMMANDS[args.command](args)
     except ModuleNotFoundError as exc:
         return _missing_extra(exc)
     except HarnessError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
-    except Interrupted as exc:
-        print(f"\n{name}: interrupted; {exc.message}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"\n{name}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated (SIGTERM)" if received else "interrupted"
+        detail = f"; {exc.message}" if isinstance(exc, Interrupted) else ""
+        print(f"\n{name}: {how}{detail}", file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
     return 0
 
 

@@ -123,6 +123,8 @@ def run_experiment(
     out_dir = Path(out_dir)
     check_output(out_dir, overwrite, resume)
     staging = Staging(out_dir, resume)
+    if staging.adopted is not None:
+        print(f"resuming the run killed while writing {staging.adopted.name} (moved to {out_dir})")
     try:
         _check_plan(staging.path, configs, resume)
         runs, run_dirs = _train_all(configs, staging.path, data, resume)
