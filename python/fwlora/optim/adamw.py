@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fwlora.optim.checkpoint import STATE_KEY, require_entry
-from fwlora.optim.options import DEFAULTS, FisherOptions
+from fwlora.optim.options import DEFAULTS, FisherOptions, plain_number
 from fwlora.optim.weighting import FisherWeighting
 
 
@@ -103,6 +103,9 @@ class FisherAdamW(torch.optim.AdamW):
                 f"{', '.join(sorted(unknown))}: unknown option(s) for FisherAdamW; "
                 f"expected some of {', '.join(allowed)}"
             )
+        lr, eps, weight_decay = plain_number(lr), plain_number(eps), plain_number(weight_decay)
+        if isinstance(betas, tuple | list):
+            betas = tuple(plain_number(b) for b in betas)
         _check_adamw(lr=lr, eps=eps, weight_decay=weight_decay, betas=betas)
         options = FisherOptions(
             warmup=warmup,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,7 @@ class FisherOptions:
             )
         object.__setattr__(self, "exclude", tuple(exclude))
         for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, plain_number(getattr(self, f.name)))
             _check(f, getattr(self, f.name))
         # The core is the judge of its own options (ranges, names, schedule/ramp pairing).
         FisherCore(1, **self.core_options())
@@ -104,6 +106,16 @@ class FisherOptions:
         out = dataclasses.asdict(self)
         out["exclude"] = list(self.exclude)
         return out
+
+
+def plain_number(value: Any) -> Any:
+    """numpy's (and any registered) integer and real scalars as Python int and float, so that
+    np.int64(500) and np.float32(1e-4) are taken exactly like 500 and 1e-4 (np.float64 already
+    is a float). Booleans (Python's and np.bool_) and everything else are returned unchanged,
+    for the checks to accept or refuse."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _check(f: dataclasses.Field, value: Any) -> None:

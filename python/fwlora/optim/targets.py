@@ -272,3 +272,21 @@ def check_active_adapters(matrices: list[AdapterMatrix]) -> None:
                 f"factors. Switch back with model.set_adapter({m.adapter!r}), or build a new "
                 "optimizer for the new adapter"
             )
+
+
+def check_trainable(matrices: list[AdapterMatrix]) -> None:
+    """ValueError naming the modules whose LoRA factors do not require grad.
+
+    No optimizer can train a frozen factor, and no gradient statistic reaches its layer, so
+    FW-LoRA would weigh adapters that never move; the cause is usually the adapter's loading.
+    """
+    frozen = [m.name for m in matrices if not (m.lora_A.requires_grad and m.lora_B.requires_grad)]
+    if frozen:
+        raise ValueError(
+            f"model: the LoRA factors of {len(frozen)} of {len(matrices)} modules have "
+            f"requires_grad=False ({', '.join(frozen[:3])}{', ...' if len(frozen) > 3 else ''}), "
+            "so they cannot be trained. A peft adapter loaded for inference is frozen: load it "
+            "with PeftModel.from_pretrained(..., is_trainable=True) (or LoraConfig("
+            "inference_mode=False)), or call requires_grad_(True) on the factors; leave "
+            "modules meant to stay frozen out with exclude=[...]"
+        )

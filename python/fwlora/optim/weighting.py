@@ -41,7 +41,16 @@ from fwlora.optim.options import CORE_OPTIONS, FisherOptions
 from fwlora.optim.penalty import FisherPenalty
 from fwlora.optim.statistics import GradientStatistics
 from fwlora.optim.strength import PenaltyStrength
-from fwlora.optim.targets import AdapterMatrix, check_active_adapters, find_adapter_matrices
+from fwlora.optim.targets import (
+    AdapterMatrix,
+    check_active_adapters,
+    check_trainable,
+    find_adapter_matrices,
+)
+
+# The FisherWeighting bound to an optimizer, kept on the optimizer itself: a second one would
+# add the penalty twice (see `bind`).
+_BOUND_ATTR = "_fwlora_weighting"
 
 
 class FisherWeighting:
@@ -63,6 +72,7 @@ class FisherWeighting:
             options = FisherOptions.from_kwargs(**{**options.to_dict(), **overrides})
         self.options = options
         self.matrices = find_adapter_matrices(model, exclude=options.exclude)
+        check_trainable(self.matrices)
         self.core = FisherCore(len(self.matrices), **options.core_options())
         self.statistics = self._new_statistics()
         self.penalty = FisherPenalty(self.matrices)
@@ -173,7 +183,13 @@ class FisherWeighting:
 
     # ------------------------------------------------------------- integration
     def attach(self, optimizer: torch.optim.Optimizer) -> FisherWeighting:
-        """Hooks this mechanism into `optimizer.step()` and its state dict; returns self."""
+        """Hooks this mechanism into `optimizer.step()` and its state dict; returns self.
+
+        Idempotent for the same optimizer; an optimizer that already has FW-LoRA (another
+        FisherWeighting, or a FisherAdamW) is refused, since a second attachment would add
+        the penalty twice and count every step twice."""
+        if self._handles and self._optimizer is optimizer:
+            return self  # already attached here: hooking twice would double λ
         self.bind(optimizer)
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_step_hook),
@@ -190,6 +206,8 @@ class FisherWeighting:
             raise ValueError(
                 f"optimizer: expected a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        self._check_unbound(optimizer)
+        check_trainable(self.matrices)
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [
             m.name for m in self.matrices if id(m.lora_A) not in owned or id(m.lora_B) not in owned
@@ -201,7 +219,28 @@ class FisherWeighting:
             )
         _check_optimizer_fits(optimizer, self.matrices, self.options.penalty)
         self._optimizer = optimizer
+        setattr(optimizer, _BOUND_ATTR, self)
         self._sync_phase()
+
+    def _check_unbound(self, optimizer: torch.optim.Optimizer) -> None:
+        """ValueError when `optimizer` already has FW-LoRA, or this object another optimizer."""
+        bound = getattr(optimizer, _BOUND_ATTR, None)
+        if bound is not None and bound is not self:
+            way_out = (
+                "FisherAdamW has FW-LoRA built in: use it as it is"
+                if hasattr(optimizer, "fisher_weighting")
+                else "Keep the first (attach_fisher returned it), or call its detach() first"
+            )
+            raise ValueError(
+                f"optimizer: this {type(optimizer).__name__} already has FW-LoRA; a second "
+                f"FisherWeighting would add the penalty twice and count every step twice. {way_out}"
+            )
+        if self._optimizer is not None and self._optimizer is not optimizer and self._handles:
+            raise ValueError(
+                "optimizer: this FisherWeighting is already attached to another optimizer "
+                f"({type(self._optimizer).__name__}); call detach() first, or build one "
+                "FisherWeighting per optimizer"
+            )
 
     def set_accumulation_steps(self, steps: int) -> None:
         """Backward passes per optimizer step, when known only after construction (the
@@ -220,6 +259,8 @@ class FisherWeighting:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._optimizer is not None and getattr(self._optimizer, _BOUND_ATTR, None) is self:
+            delattr(self._optimizer, _BOUND_ATTR)  # the optimizer may take FW-LoRA again
         self.statistics.detach()
 
     # ------------------------------------------------------------------ stepping
@@ -393,9 +434,11 @@ class FisherWeighting:
         self._commit_load(state, self.validate_state_dict(state))
 
     def _commit_load(self, state: dict[str, Any], core: FisherCore) -> None:
-        """Adopts the saved core and modes (as torch optimizers adopt saved param groups)."""
-        self.core.load(core)
+        """Adopts the saved core and modes (as torch optimizers adopt saved param groups),
+        warning when they differ from this object's: the saved run's λ, K, α, ... win."""
         saved = _saved_options(state, core)
+        _warn_adopted_options(self.options, saved)
+        self.core.load(core)
         estimator_changed = saved["estimator"] != self.options.estimator
         self.options = dataclasses.replace(self.options, **saved)
         self._rows = []
@@ -447,6 +490,25 @@ def _check_optimizer_fits(
             'penalty: "decoupled" scales the weight decay of the LoRA factors by (1 - I_m), '
             "but a param group holding them has weight_decay=0, so FW-LoRA would do nothing; "
             'set weight_decay > 0, or use penalty="coupled"'
+        )
+
+
+def _warn_adopted_options(ours: FisherOptions, saved: dict[str, Any]) -> None:
+    """One UserWarning naming every saved option that differs from the constructor's."""
+    differ = [
+        f"{name}={saved[name]!r} (constructed with {getattr(ours, name)!r})"
+        for name in saved
+        # lam="auto": the state holds the calibrated λ, which is no mismatch.
+        if saved[name] != getattr(ours, name) and getattr(ours, name) != "auto"
+    ]
+    if differ:
+        warnings.warn(
+            f"FW-LoRA: the loaded state was saved with {', '.join(differ)}; the saved values "
+            "are used, as torch optimizers adopt saved param groups, so the run continues as "
+            "it was started. Build the optimizer with the saved options to silence this, or "
+            "start a fresh run to use new ones",
+            UserWarning,
+            stacklevel=4,
         )
 
 
