@@ -64,7 +64,8 @@ impl FisherCore {
     /// Options left out (None) take the core's defaults (`FisherCore.defaults()`).
     #[new]
     #[pyo3(signature = (num_matrices, *, alpha=None, warmup=None, lam=None,
-                        normalization=None, schedule=None, ramp_steps=None, refresh_every=None))]
+                        normalization=None, schedule=None, ramp_steps=None, refresh_every=None,
+                        target_ratio=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         num_matrices: i64,
@@ -75,8 +76,23 @@ impl FisherCore {
         schedule: Option<&str>,
         ramp_steps: Option<i64>,
         refresh_every: Option<i64>,
+        target_ratio: Option<f64>,
     ) -> PyResult<Self> {
         let d = Config::default();
+        // target_ratio is lam="auto": λ is calibrated later, so it cannot also be given.
+        let lam = match (lam, target_ratio) {
+            (Some(lam), Some(_)) => {
+                return Err(arg_err(
+                    "target_ratio",
+                    format!(
+                        "only with lam=\"auto\" (target_ratio calibrates λ), got lam={lam}; \
+                         pass one of them"
+                    ),
+                ))
+            }
+            (lam, None) => lam.or(d.lam),
+            (None, Some(_)) => None,
+        };
         let num_matrices = count("num_matrices", num_matrices, 1)?;
         let normalization = match normalization {
             Some(name) => Normalization::parse(name).map_err(err)?,
@@ -89,10 +105,11 @@ impl FisherCore {
         let config = Config::new(
             alpha.unwrap_or(d.alpha),
             warmup.map_or(Ok(d.warmup), |v| count("warmup", v, 1))?,
-            lam.unwrap_or(d.lam),
+            lam,
             normalization,
             Schedule::parse(schedule.unwrap_or(d.schedule.name()), ramp_steps).map_err(err)?,
             refresh_every.map_or(Ok(d.refresh_every), |v| count("refresh_every", v, 0))?,
+            target_ratio,
         )
         .map_err(err)?;
         let inner = crate::core::FisherCore::new(num_matrices as usize, config).map_err(err)?;
@@ -111,6 +128,7 @@ impl FisherCore {
         out.set_item("schedule", d.schedule.name())?;
         out.set_item("ramp_steps", d.schedule.ramp_steps())?;
         out.set_item("refresh_every", d.refresh_every)?;
+        out.set_item("target_ratio", d.target_ratio)?;
         Ok(out)
     }
 
@@ -170,7 +188,13 @@ impl FisherCore {
         Ok(self.inner.factors(step).map(|f| PyArray1::from_vec(py, f)))
     }
 
-    /// λ·(1 − I_m) without the schedule; None during warm-up.
+    /// `lam="auto"`: sets λ = target_ratio·sqrt(task_sq / unit_penalty_sq) once and returns
+    /// it; None (nothing changed) when the inputs give no λ (0 or non-finite).
+    fn calibrate(&mut self, task_sq: f64, unit_penalty_sq: f64) -> PyResult<Option<f64>> {
+        self.inner.calibrate(task_sq, unit_penalty_sq).map_err(err)
+    }
+
+    /// λ·(1 − I_m) without the schedule; None during warm-up (and before calibration).
     fn base_factors<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyArray1<f64>>> {
         self.inner.base_factors().map(|f| PyArray1::from_vec(py, f))
     }
@@ -224,9 +248,15 @@ impl FisherCore {
     fn warmup(&self) -> u64 {
         self.inner.config().warmup
     }
+    /// λ in effect; None with target_ratio until it is calibrated.
     #[getter]
-    fn lam(&self) -> f64 {
+    fn lam(&self) -> Option<f64> {
         self.inner.config().lam
+    }
+    /// The ratio ‖∇P‖/‖∇L_task‖ λ is calibrated to (lam="auto"); None when λ is set by hand.
+    #[getter]
+    fn target_ratio(&self) -> Option<f64> {
+        self.inner.config().target_ratio
     }
     #[getter]
     fn normalization(&self) -> &'static str {
@@ -264,6 +294,7 @@ impl FisherCore {
             match value {
                 Value::U64(v) => d.set_item(name, v)?,
                 Value::F64(v) => d.set_item(name, v)?,
+                Value::OptF64(v) => d.set_item(name, v)?,
                 Value::Normalization(n) => d.set_item(name, n.name())?,
                 Value::Schedule(s) => d.set_item(name, s)?,
                 Value::F64s(v) => d.set_item(name, v)?,
@@ -282,17 +313,33 @@ impl FisherCore {
             .get_item("format_version")?
             .and_then(|v| v.extract().ok())
             .ok_or_else(|| arg_err("state", "missing or bad key \"format_version\""))?;
-        if version != i64::from(codec::VERSION) {
+        if !(i64::from(codec::OLDEST_VERSION)..=i64::from(codec::VERSION)).contains(&version) {
             return Err(arg_err(
                 "state",
                 format!(
-                    "unsupported format_version {version} (this build reads {})",
+                    "unsupported format_version {version} (this build reads {} to {})",
+                    codec::OLDEST_VERSION,
                     codec::VERSION
                 ),
             ));
         }
         let mut py_error: Option<PyErr> = None;
         let state = codec::from_fields(|name, kind| {
+            let migrated = (version == 2)
+                .then(|| {
+                    codec::migrated_v2(name, || {
+                        read_field(d, name, Kind::F64)
+                            .map_err(|e| CoreError::arg("state", e.to_string()))
+                            .and_then(|v| match v {
+                                Value::F64(x) => Ok(x),
+                                _ => Err(CoreError::arg("state", "key \"lam\": expected a float")),
+                            })
+                    })
+                })
+                .flatten();
+            if let Some(v) = migrated {
+                return v;
+            }
             read_field(d, name, kind).map_err(|e| {
                 let msg = e.to_string();
                 py_error = Some(e);
@@ -353,12 +400,13 @@ impl FisherCore {
         let s = &self.inner;
         let c = s.config();
         format!(
-            "FisherCore(num_matrices={}, alpha={}, warmup={}, lam={}, normalization={:?}, \
-             schedule={:?}, step={}, skipped={}, phase={:?})",
+            "FisherCore(num_matrices={}, alpha={}, warmup={}, lam={}, target_ratio={}, \
+             normalization={:?}, schedule={:?}, step={}, skipped={}, phase={:?})",
             s.num_matrices(),
             c.alpha,
             c.warmup,
-            c.lam,
+            c.lam.map_or("None".into(), |v| v.to_string()),
+            c.target_ratio.map_or("None".into(), |v| v.to_string()),
             c.normalization.name(),
             c.schedule.name(),
             s.step(),
@@ -388,6 +436,7 @@ fn read_field(d: &Bound<'_, PyDict>, name: &'static str, kind: Kind) -> PyResult
     Ok(match kind {
         Kind::U64 => Value::U64(v.extract().map_err(|_| bad("an integer >= 0"))?),
         Kind::F64 => Value::F64(v.extract().map_err(|_| bad("a float"))?),
+        Kind::OptF64 => Value::OptF64(v.extract().map_err(|_| bad("a float or None"))?),
         Kind::Normalization => {
             let s: String = v.extract().map_err(|_| bad("a string"))?;
             Value::Normalization(Normalization::parse(&s).map_err(err)?)

@@ -2,7 +2,8 @@
 
 Trains the tiny LoRA model with transformers.Trainer + FisherAdamW + FisherCallback under
 DistributedDataParallel, each rank on its own shard, with a checkpoint saved mid-warm-up while
-rows are still waiting for the core (the Trainer saves the optimizer on rank 0 only). Rank 0
+rows are still waiting for the core (the Trainer saves the optimizer on rank 0 only), and λ
+calibrated by lam="auto" at the first penalised step from the all-reduced gradients. Rank 0
 writes what every rank ended with to argv[1] as JSON.
 """
 
@@ -32,7 +33,9 @@ WARMUP = 4
 def main(result_path: str, output_dir: str) -> None:
     torch.set_num_threads(1)
     model = tiny_lora_model(seed=0, dtype=torch.float32)
-    opt = FisherAdamW(model, lr=1e-2, warmup=WARMUP, lam=0.5, alpha=0.7, flush_every=3)
+    opt = FisherAdamW(
+        model, lr=1e-2, warmup=WARMUP, lam="auto", target_ratio=0.5, alpha=0.7, flush_every=3
+    )
     fw = opt.fisher_weighting
     local_rows: list[list[float]] = []
     take_row = fw.statistics.take_row
@@ -63,6 +66,9 @@ def main(result_path: str, output_dir: str) -> None:
         "importance": opt.importance,
         "fisher": opt.fisher,
         "step": fw.step,
+        "lam": opt.lam,
+        "ratios": opt.penalty_grad_ratios(),
+        "logged_lams": [h["fwlora/lam"] for h in trainer.state.log_history if "fwlora/lam" in h],
         "local_rows": local_rows,
     }
     everyone: list = [None] * world

@@ -97,6 +97,7 @@ def summary(model, opt) -> dict:
         "step": fw.step,
         "penalty": float(opt.penalty_value()),
         "ratios": fw.penalty_grad_ratios(),
+        "lam": fw.lam,
         "factor_types": sorted({type(m.lora_A).__name__ for m in fw.matrices}),
     }
 
@@ -118,6 +119,7 @@ def compare(a: dict, b: dict) -> dict:
         "penalty": [a["penalty"], b["penalty"]],
         "ratios": [a["ratios"], b["ratios"]],
         "steps": [a["step"], b["step"]],
+        "lams": [a["lam"], b["lam"]],
         "factor_types": [a["factor_types"], b["factor_types"]],
         "importance": ia,
     }
@@ -166,6 +168,12 @@ def scenario_decoupled(rank: int, cache: dict) -> dict:
     # penalty="decoupled": AdamW's decay of each adapter scaled by (1 - I_m), on the shards.
     # λ is not used in this mode (FisherOptions refuses a non-default one): back to the default.
     options = {"penalty": "decoupled", "weight_decay": 0.5, "lam": DEFAULTS.lam}
+    return compare(run_ddp(rank, **options), run_fsdp2(rank, **options))
+
+
+def scenario_lam_auto(rank: int, cache: dict) -> dict:
+    # λ calibrated at step K + 1 from global norms: the same on every rank, DDP or FSDP2.
+    options = {"lam": "auto", "target_ratio": 2.0}
     return compare(run_ddp(rank, **options), run_fsdp2(rank, **options))
 
 
@@ -463,6 +471,7 @@ SCENARIOS = [
     ("hsdp", scenario_hsdp),
     ("decoupled", scenario_decoupled),
     ("accumulation", scenario_accumulation),
+    ("lam_auto", scenario_lam_auto),
     ("built_before_remapped", scenario_built_before_remapped),
     ("built_before_remapped_accumulation", scenario_built_before_remapped_accumulation),
     ("built_before_not_remapped", scenario_built_before_not_remapped),

@@ -120,6 +120,16 @@ def test_fsdp2_decoupled_penalty_matches_ddp(runs):
 
 
 @pytest.mark.slow
+def test_lam_auto_calibrates_the_same_lambda_under_ddp_and_fsdp2(runs):
+    # Both ranks report the same (the fixture checks it), so each computed the same λ.
+    result = _ok(runs["lam_auto"])
+    _assert_equivalent(result)
+    ddp_lam, fsdp_lam = result["lams"]
+    assert ddp_lam > 0 and fsdp_lam == pytest.approx(ddp_lam, rel=1e-5)
+    assert result["ratios"][0][0] == pytest.approx(2.0, rel=1e-5)
+
+
+@pytest.mark.slow
 def test_fsdp2_gradient_accumulation_without_sync_matches_ddp(runs):
     # set_requires_gradient_sync(False) on the first micro-batch (what accelerate and the
     # Trainer do): its statistic must count although the sharded .grad is still unset.

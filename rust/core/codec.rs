@@ -4,8 +4,8 @@
 //! and [`from_fields`] convert a state to and from those values (the latter validates through
 //! [`FisherCore::from_parts`]). Two forms are derived from the schema and nothing else:
 //! * bytes (here): magic `FWLS`, u16 version, then each field in schema order, little-endian
-//!   (u64, f64, enums as a u8 code, `fisher` as M × f64, `importance` as a u8 flag and
-//!   M × f64). Decoding checks every length before reading, so corrupt or truncated input is
+//!   (u64, f64, enums as a u8 code, an optional float as a u8 flag and f64, `fisher` as
+//!   M × f64, `importance` as a u8 flag and M × f64). Decoding checks every length before reading, so corrupt or truncated input is
 //!   an error, never a panic.
 //! * the Python dict (the binding): field name → int, float, str, list or None.
 
@@ -14,15 +14,20 @@ use super::error::CoreError;
 use super::state::{FisherCore, StateParts};
 
 const MAGIC: &[u8; 4] = b"FWLS";
-/// Version 2: fields in schema order; `step` counts every optimizer step (version 1 stopped
-/// counting at the warm-up's end and is refused).
-pub const VERSION: u16 = 2;
+/// Version 3: `lam` is optional (None: `lam="auto"`, not yet calibrated) and `target_ratio`
+/// follows it. Version 2 (`lam` a plain float, no `target_ratio`) is read as a hand-set λ;
+/// version 1 (whose `step` stopped counting at the warm-up's end) is refused.
+pub const VERSION: u16 = 3;
+/// The oldest version read (and migrated): see [`migrated_v2`].
+pub const OLDEST_VERSION: u16 = 2;
 
 /// What a field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     U64,
     F64,
+    /// None or one float.
+    OptF64,
     Normalization,
     Schedule,
     /// M floats (M is the `num_matrices` field, which comes first).
@@ -36,6 +41,7 @@ pub enum Kind {
 pub enum Value {
     U64(u64),
     F64(f64),
+    OptF64(Option<f64>),
     Normalization(Normalization),
     Schedule(&'static str),
     F64s(Vec<f64>),
@@ -43,11 +49,12 @@ pub enum Value {
 }
 
 /// Every field of a state, in order. `num_matrices` is first so readers know M.
-pub const SCHEMA: [(&str, Kind); 12] = [
+pub const SCHEMA: [(&str, Kind); 13] = [
     ("num_matrices", Kind::U64),
     ("alpha", Kind::F64),
     ("warmup", Kind::U64),
-    ("lam", Kind::F64),
+    ("lam", Kind::OptF64),
+    ("target_ratio", Kind::OptF64),
     ("normalization", Kind::Normalization),
     ("schedule", Kind::Schedule),
     ("ramp_steps", Kind::U64),
@@ -64,7 +71,8 @@ pub fn to_fields(state: &FisherCore) -> Vec<(&'static str, Value)> {
         Value::U64(state.num_matrices() as u64),
         Value::F64(c.alpha),
         Value::U64(c.warmup),
-        Value::F64(c.lam),
+        Value::OptF64(c.lam),
+        Value::OptF64(c.target_ratio),
         Value::Normalization(c.normalization),
         Value::Schedule(c.schedule.name()),
         Value::U64(c.schedule.ramp_steps()),
@@ -98,7 +106,8 @@ pub fn from_fields(
     let m = field!("num_matrices", U64);
     let alpha = field!("alpha", F64);
     let warmup = field!("warmup", U64);
-    let lam = field!("lam", F64);
+    let lam = field!("lam", OptF64);
+    let target_ratio = field!("target_ratio", OptF64);
     let normalization = field!("normalization", Normalization);
     let schedule = field!("schedule", Schedule);
     let ramp_steps = field!("ramp_steps", U64);
@@ -120,6 +129,7 @@ pub fn from_fields(
         normalization,
         schedule: Schedule::parse(schedule, ramp_steps)?,
         refresh_every,
+        target_ratio,
     };
     FisherCore::from_parts(StateParts {
         config,
@@ -139,6 +149,10 @@ pub fn encode(state: &FisherCore) -> Vec<u8> {
         match value {
             Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
             Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+            Value::OptF64(v) => {
+                out.push(v.is_some() as u8);
+                out.extend_from_slice(&v.unwrap_or(0.0).to_le_bytes());
+            }
             Value::Normalization(n) => out.push(n.code()),
             Value::Schedule(name) => out.push(schedule_code(name)),
             Value::F64s(v) => v
@@ -169,8 +183,22 @@ fn schedule_code(name: &str) -> u8 {
         .expect("a known schedule") as u8
 }
 
+/// A version-2 field as this version holds it: `lam` was a plain float (always set by hand)
+/// and `target_ratio` did not exist. None: the field is read as it is.
+pub fn migrated_v2(
+    name: &str,
+    read_f64: impl FnOnce() -> Result<f64, CoreError>,
+) -> Option<Result<Value, CoreError>> {
+    match name {
+        "lam" => Some(read_f64().map(|v| Value::OptF64(Some(v)))),
+        "target_ratio" => Some(Ok(Value::OptF64(None))),
+        _ => None,
+    }
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
+    version: u16,
     /// M, once read: bounds every list before anything is allocated.
     m: usize,
 }
@@ -207,6 +235,11 @@ impl<'a> Reader<'a> {
             .collect())
     }
     fn value(&mut self, name: &'static str, kind: Kind) -> Result<Value, CoreError> {
+        if self.version == 2 {
+            if let Some(v) = migrated_v2(name, || Ok(f64::from_le_bytes(self.array(name)?))) {
+                return v;
+            }
+        }
         Ok(match kind {
             Kind::U64 => {
                 let v = u64::from_le_bytes(self.array(name)?);
@@ -224,6 +257,15 @@ impl<'a> Reader<'a> {
                 Value::U64(v)
             }
             Kind::F64 => Value::F64(f64::from_le_bytes(self.array(name)?)),
+            Kind::OptF64 => {
+                let flag = self.u8(name)?;
+                let v = f64::from_le_bytes(self.array(name)?);
+                match flag {
+                    0 => Value::OptF64(None),
+                    1 => Value::OptF64(Some(v)),
+                    c => return Err(CoreError::Decode(format!("bad {name} flag {c}"))),
+                }
+            }
             Kind::Normalization => {
                 let code = self.u8(name)?;
                 Value::Normalization(Normalization::from_code(code).ok_or_else(|| {
@@ -249,16 +291,22 @@ impl<'a> Reader<'a> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<FisherCore, CoreError> {
-    let mut r = Reader { buf: bytes, m: 0 };
+    let mut r = Reader {
+        buf: bytes,
+        version: 0,
+        m: 0,
+    };
     if r.take(4, "magic")? != MAGIC {
         return Err(CoreError::Decode("not an FW-LoRA state (bad magic)".into()));
     }
     let version = u16::from_le_bytes(r.array("version")?);
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(CoreError::Decode(format!(
-            "unsupported format version {version} (this build reads {VERSION})"
+            "unsupported format version {version} (this build reads {OLDEST_VERSION} to \
+             {VERSION})"
         )));
     }
+    r.version = version;
     let mut reader_error = None;
     let state = from_fields(|name, kind| {
         r.value(name, kind)
@@ -327,6 +375,37 @@ mod tests {
             }
         });
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn version_2_is_read_as_a_hand_set_lambda() {
+        let s = sample();
+        let v3 = encode(&s);
+        // v2 = v3 with version 2, lam a plain f64 (no flag) and no target_ratio.
+        let lam_at = 4 + 2 + 8 + 8 + 8; // magic, version, num_matrices, alpha, warmup
+        let mut v2 = v3[..lam_at].to_vec();
+        v2[4..6].copy_from_slice(&2u16.to_le_bytes());
+        v2.extend_from_slice(&v3[lam_at + 1..lam_at + 9]); // λ without its flag
+        v2.extend_from_slice(&v3[lam_at + 9 + 9..]); // target_ratio (flag + f64) dropped
+        assert_eq!(decode(&v2).unwrap(), s);
+        let mut v1 = v2.clone();
+        v1[4..6].copy_from_slice(&1u16.to_le_bytes());
+        assert!(matches!(decode(&v1), Err(CoreError::Decode(m)) if m.contains("version 1")));
+    }
+
+    #[test]
+    fn auto_mode_round_trips_before_and_after_calibration() {
+        let config = Config {
+            warmup: 1,
+            lam: None,
+            target_ratio: Some(0.3),
+            ..Config::default()
+        };
+        let mut s = FisherCore::new(2, config).unwrap();
+        s.observe(&[1.0, 2.0]).unwrap();
+        assert_eq!(decode(&encode(&s)).unwrap(), s);
+        s.calibrate(2.0, 3.0).unwrap().unwrap();
+        assert_eq!(decode(&encode(&s)).unwrap(), s);
     }
 
     #[test]

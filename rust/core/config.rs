@@ -118,24 +118,35 @@ pub struct Config {
     pub alpha: f64,
     /// Warm-up length K >= 1 in optimizer steps.
     pub warmup: u64,
-    /// Global shrinkage λ >= 0.
-    pub lam: f64,
+    /// Global shrinkage λ >= 0. None: `lam="auto"`, not yet calibrated (see `target_ratio`).
+    pub lam: Option<f64>,
     pub normalization: Normalization,
     pub schedule: Schedule,
     /// 0: importances frozen after warm-up (the paper). N >= 1: keep observing after warm-up
     /// and renormalise every N steps (the paper's future work iv).
     pub refresh_every: u64,
+    /// `lam="auto"`: λ is calibrated once, at the first penalised step, so that ‖∇P‖ equals
+    /// `target_ratio`·‖∇L_task‖ over the LoRA factors ([`FisherCore::calibrate`]), then
+    /// frozen. None: λ is set by hand. In (0, 10].
+    ///
+    /// [`FisherCore::calibrate`]: super::state::FisherCore::calibrate
+    pub target_ratio: Option<f64>,
 }
+
+/// The largest `target_ratio` accepted: a penalty gradient ten times the task's already
+/// collapses training (docs/method.md).
+pub const MAX_TARGET_RATIO: f64 = 10.0;
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             alpha: 0.98,
             warmup: 500,
-            lam: 1e-4,
+            lam: Some(1e-4),
             normalization: Normalization::Sum,
             schedule: Schedule::Constant,
             refresh_every: 0,
+            target_ratio: None,
         }
     }
 }
@@ -144,10 +155,11 @@ impl Config {
     pub fn new(
         alpha: f64,
         warmup: u64,
-        lam: f64,
+        lam: Option<f64>,
         normalization: Normalization,
         schedule: Schedule,
         refresh_every: u64,
+        target_ratio: Option<f64>,
     ) -> Result<Self, CoreError> {
         let config = Config {
             alpha,
@@ -156,6 +168,7 @@ impl Config {
             normalization,
             schedule,
             refresh_every,
+            target_ratio,
         };
         config.validate()?;
         Ok(config)
@@ -178,12 +191,7 @@ impl Config {
                 format!("expected an integer >= 1, got {}", self.warmup),
             ));
         }
-        if !(self.lam >= 0.0 && self.lam.is_finite()) {
-            return Err(CoreError::arg(
-                "lam",
-                format!("expected a finite float >= 0, got {}", self.lam),
-            ));
-        }
+        self.validate_strength()?;
         if let Schedule::Ramp { steps: 0 } = self.schedule {
             return Err(CoreError::arg(
                 "ramp_steps",
@@ -191,5 +199,33 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// λ and `target_ratio`: a hand-set λ >= 0, or a target in (0, 10] with λ None (not yet
+    /// calibrated) or > 0 (calibrated).
+    fn validate_strength(&self) -> Result<(), CoreError> {
+        if let Some(lam) = self.lam {
+            if !(lam >= 0.0 && lam.is_finite()) {
+                return Err(CoreError::arg(
+                    "lam",
+                    format!("expected a finite float >= 0, got {lam}"),
+                ));
+            }
+        }
+        match (self.target_ratio, self.lam) {
+            (None, None) => Err(CoreError::arg(
+                "lam",
+                "expected a float >= 0, or target_ratio to calibrate it (lam=\"auto\"), got None",
+            )),
+            (Some(t), _) if !(t > 0.0 && t <= MAX_TARGET_RATIO) => Err(CoreError::arg(
+                "target_ratio",
+                format!("expected a float in (0, {MAX_TARGET_RATIO}], got {t}"),
+            )),
+            (Some(_), Some(lam)) if lam <= 0.0 => Err(CoreError::arg(
+                "lam",
+                format!("a calibrated λ (target_ratio set) is > 0, got {lam}"),
+            )),
+            _ => Ok(()),
+        }
     }
 }

@@ -300,12 +300,62 @@ impl FisherCore {
         skip
     }
 
-    /// λ·(1 − I_m) before the schedule's scale; None during warm-up.
+    /// λ·(1 − I_m) before the schedule's scale; None during warm-up and, with
+    /// `target_ratio`, until λ is calibrated.
     pub fn base_factors(&self) -> Option<Vec<f64>> {
-        let lam = self.config.lam;
+        let lam = self.config.lam?;
         self.importance
             .as_ref()
             .map(|imp| imp.iter().map(|i| lam * (1.0 - i)).collect())
+    }
+
+    /// `lam="auto"`: sets λ = target_ratio · sqrt(task_sq / unit_penalty_sq), once.
+    ///
+    /// `task_sq` is ‖∇L_task‖² over the LoRA factors (the task-gradient scale), and
+    /// `unit_penalty_sq` is ‖∇P‖² at λ = 1 and full strength (schedule scale 1), so that at λ
+    /// the penalty's gradient is `target_ratio` times the task's. Returns the λ set, or None
+    /// (state unchanged) when the inputs give none: either is 0 or not finite, or the λ
+    /// overflows. Refused outside auto mode, once calibrated, and during warm-up.
+    pub fn calibrate(
+        &mut self,
+        task_sq: f64,
+        unit_penalty_sq: f64,
+    ) -> Result<Option<f64>, CoreError> {
+        let Some(target) = self.config.target_ratio else {
+            return Err(CoreError::arg(
+                "target_ratio",
+                "calibration needs lam=\"auto\" (a target_ratio); λ was set by hand",
+            ));
+        };
+        if let Some(lam) = self.config.lam {
+            return Err(CoreError::arg(
+                "lam",
+                format!("already calibrated (λ = {lam}); it is frozen for the rest of training"),
+            ));
+        }
+        if self.importance.is_none() {
+            return Err(CoreError::arg(
+                "step",
+                format!(
+                    "calibration happens after warm-up (step {} of warmup {})",
+                    self.step, self.config.warmup
+                ),
+            ));
+        }
+        for (name, v) in [("task_sq", task_sq), ("unit_penalty_sq", unit_penalty_sq)] {
+            if v < 0.0 {
+                return Err(CoreError::arg(
+                    name,
+                    format!("expected a squared norm >= 0, got {v}"),
+                ));
+            }
+        }
+        let lam = target * (task_sq / unit_penalty_sq).sqrt();
+        if !(lam.is_finite() && lam > 0.0) {
+            return Ok(None);
+        }
+        self.config.lam = Some(lam);
+        Ok(Some(lam))
     }
 
     /// The schedule's multiplier at optimizer step `step` (1-based); 0 during warm-up.
@@ -483,23 +533,71 @@ mod tests {
 
     #[test]
     fn invalid_config_is_rejected() {
-        for (alpha, warmup, lam) in [
-            (0.0, 1, 0.0),
-            (1.0, 1, 0.0),
-            (f64::NAN, 1, 0.0),
-            (0.5, 0, 0.0),
-            (0.5, 1, -1.0),
-            (0.5, 1, f64::INFINITY),
+        for (alpha, warmup, lam, target_ratio) in [
+            (0.0, 1, Some(0.0), None),
+            (1.0, 1, Some(0.0), None),
+            (f64::NAN, 1, Some(0.0), None),
+            (0.5, 0, Some(0.0), None),
+            (0.5, 1, Some(-1.0), None),
+            (0.5, 1, Some(f64::INFINITY), None),
+            (0.5, 1, None, None),
+            (0.5, 1, None, Some(0.0)),
+            (0.5, 1, None, Some(10.5)),
+            (0.5, 1, None, Some(f64::NAN)),
+            (0.5, 1, Some(0.0), Some(0.1)),
         ] {
             let c = Config {
                 alpha,
                 warmup,
                 lam,
+                target_ratio,
                 ..Config::default()
             };
             assert!(FisherCore::new(1, c).is_err(), "{c:?}");
         }
         assert!(FisherCore::new(0, Config::default()).is_err());
+    }
+
+    fn auto(warmup: u64) -> Config {
+        Config {
+            warmup,
+            lam: None,
+            target_ratio: Some(0.1),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn calibration_sets_lambda_once_after_warmup() {
+        let mut s = FisherCore::new(2, auto(1)).unwrap();
+        assert!(
+            s.calibrate(4.0, 1.0).is_err(),
+            "warm-up: nothing to calibrate"
+        );
+        s.observe(&[1.0, 3.0]).unwrap();
+        assert!(s.base_factors().is_none(), "no factors before calibration");
+        let before = s.clone();
+        for (task, unit) in [
+            (0.0, 1.0),
+            (4.0, 0.0),
+            (f64::NAN, 1.0),
+            (4.0, f64::INFINITY),
+        ] {
+            assert_eq!(s.calibrate(task, unit).unwrap(), None);
+        }
+        assert!(s.calibrate(-1.0, 1.0).is_err());
+        assert_eq!(s, before);
+        let lam = s.calibrate(4.0, 1.0).unwrap().unwrap();
+        assert!((lam - 0.1 * 2.0).abs() < 1e-15);
+        let f = s.base_factors().unwrap();
+        assert!((f[0] - lam * 0.75).abs() < 1e-15);
+        assert!(
+            s.calibrate(4.0, 1.0).is_err(),
+            "λ is frozen once calibrated"
+        );
+        let mut fixed = FisherCore::new(2, cfg(1)).unwrap();
+        fixed.observe(&[1.0, 3.0]).unwrap();
+        assert!(fixed.calibrate(4.0, 1.0).is_err(), "λ set by hand");
     }
 
     #[test]

@@ -92,6 +92,17 @@ def one_of(choices: tuple[str, ...]) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _lam_value(value: Any) -> Any:
+    """λ: a number (text "1e-3" too), or "auto" (calibrated to fisher_target_ratio)."""
+    if value == "auto":
+        return value
+    value = _no_bool(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise PydanticCustomError("lam_value", 'a number >= 0 or "auto"') from None
+
+
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
 Text = Annotated[str, BeforeValidator(_path_text)]
@@ -150,7 +161,9 @@ class RunConfig:
     # If set, K = fraction of total steps.
     fisher_warmup_fraction: Annotated[Float, Field(gt=0.0, lt=1.0)] | None = None
     fisher_alpha: Float = FISHER_DEFAULTS.alpha
-    fisher_lam: Float = FISHER_DEFAULTS.lam
+    fisher_lam: Annotated[float | str, BeforeValidator(_lam_value)] = FISHER_DEFAULTS.lam
+    # fisher_lam "auto" only: ‖∇P‖/‖∇L_task‖ at the calibration step (None: the default).
+    fisher_target_ratio: Float | None = None
     # None: "sum" for fw-lora, "uniform" for l2-lora (see `normalization`).
     fisher_normalization: str | None = None
     # AdaLoRA (target_r = rank, so the final budget matches LoRA's).
@@ -179,6 +192,7 @@ class RunConfig:
             FisherOptions(
                 warmup=self.fisher_warmup,
                 lam=self.fisher_lam,
+                target_ratio=self.fisher_target_ratio,
                 alpha=self.fisher_alpha,
                 normalization=self.normalization,
             )

@@ -54,6 +54,10 @@ def plan_compare(base: RunConfig, methods: list[str], seeds: list[int]) -> list[
     return [base.replace(method=m, seed=s, variant=None) for m in methods for s in seeds]
 
 
+def _lam_text(lam: float | str) -> str:
+    return lam if isinstance(lam, str) else f"{lam:g}"
+
+
 def plan_sweep(
     base: RunConfig,
     seeds: list[int],
@@ -63,7 +67,7 @@ def plan_sweep(
 ) -> list[RunConfig]:
     """The paper's ablations: K sweep (at base λ), λ sweep (at base K), no Fisher term
     (λ = 0: warm-up statistics only), plus the plain-LoRA baseline."""
-    settings: list[tuple[int, float]] = [(k, base.fisher_lam) for k in ks]
+    settings: list[tuple[int, float | str]] = [(k, base.fisher_lam) for k in ks]
     settings += [(base.fisher_warmup, lam) for lam in lams]
     variants: list[tuple[str, dict[str, Any]]] = []
     seen = set()
@@ -71,8 +75,11 @@ def plan_sweep(
         if (k, lam) in seen:
             continue
         seen.add((k, lam))
-        variants.append((f"fw-lora-K{k}-lam{lam:g}", {"fisher_warmup": k, "fisher_lam": lam}))
-    variants.append(("fw-lora-no-fisher-term", {"fisher_lam": 0.0}))
+        changes: dict[str, Any] = {"fisher_warmup": k, "fisher_lam": lam}
+        if lam != "auto":  # a λ given by hand has no target ratio
+            changes["fisher_target_ratio"] = None
+        variants.append((f"fw-lora-K{k}-lam{_lam_text(lam)}", changes))
+    variants.append(("fw-lora-no-fisher-term", {"fisher_lam": 0.0, "fisher_target_ratio": None}))
     configs = []
     for seed in seeds:
         if include_baseline:
@@ -306,7 +313,8 @@ def _penalty_notes(runs: list[dict[str, Any]], ratios: dict[str, float]) -> list
     """Plain warnings: a penalty too weak to change training; a K that no run reached."""
     lines = []
     for label, ratio in ratios.items():
-        lam = next(r["config"]["fisher_lam"] for r in runs if r["label"] == label)
+        # λ in effect (the calibrated one with fisher_lam "auto")
+        lam = next((r.get("fisher") or {}).get("lam") for r in runs if r["label"] == label)
         message = penalty_message(ratio, lam)
         if message:
             lines.append(f"note: {label}: {message}")

@@ -63,9 +63,9 @@ def planned_run_name(cfg: RunConfig) -> str:
 WEAK_PENALTY_RATIO = 1e-2
 
 
-def penalty_message(ratio: float | None, lam: float) -> str | None:
+def penalty_message(ratio: float | None, lam: float | None) -> str | None:
     """A plain warning when the penalty's gradient is negligible next to the task's."""
-    if ratio is None or lam == 0 or ratio >= WEAK_PENALTY_RATIO:
+    if ratio is None or not lam or ratio >= WEAK_PENALTY_RATIO:
         return None
     return (
         f"penalty barely changes training at λ={lam:g}: its gradient is {ratio:.1e} of the "
@@ -89,6 +89,7 @@ def build_optimizer(model, cfg: RunConfig, total_steps: int):
             weight_decay=cfg.weight_decay,
             warmup=fisher_warmup_steps(cfg, total_steps),
             lam=cfg.fisher_lam,
+            target_ratio=cfg.fisher_target_ratio,
             alpha=cfg.fisher_alpha,
             normalization=cfg.normalization,
             seed=cfg.seed,
@@ -325,7 +326,9 @@ def _finish(
         ratios = progress.get("penalty_grad_ratios", [])
         metrics["fisher"] = {
             "warmup_steps": run.fisher_k,
-            "lam": cfg.fisher_lam,
+            # λ in effect: fisher_lam, or the calibrated one with "auto" (None: never was)
+            "lam": run.optimizer.lam,
+            "target_ratio": run.optimizer.target_ratio,
             "normalization": cfg.normalization,
             "phase": run.optimizer.phase,
             # median over the run's penalised steps of ‖∇P‖/‖∇L_task‖ (None: none penalised)
@@ -334,7 +337,7 @@ def _finish(
             "importance": run.optimizer.importance,
             "fisher": run.optimizer.fisher,
         }
-        message = penalty_message(metrics["fisher"]["penalty_grad_ratio"], cfg.fisher_lam)
+        message = penalty_message(metrics["fisher"]["penalty_grad_ratio"], run.optimizer.lam)
         if message:
             metrics["notes"].append(message)
             say(f"[{run.name}] {message}")

@@ -85,7 +85,9 @@ class FisherCallback(TrainerCallback):
       ``fwlora/step``, ``fwlora/penalty`` (the term in effect, scale·λ·Σ (1 - I_m)·‖ΔW_m‖²_F;
       0 during warm-up and with penalty="decoupled") and,
       once the penalty acts, ``fwlora/penalty_grad_ratio`` (‖∇P‖/‖∇L_task‖ over the LoRA
-      factors at the latest penalised step); ``fwlora/importance/<module>`` at the first log
+      factors at the latest penalised step), ``fwlora/lam`` (λ in effect; with lam="auto"
+      from its calibration on) and ``fwlora/target_ratio`` (lam="auto" only);
+      ``fwlora/importance/<module>`` at the first log
       after the importances freeze (and after each refresh) — they are constant in between;
     * writes ``fwlora_importance.json`` (phase, step, options, F and I per matrix) into each
       ``checkpoint-N`` the Trainer saves, and into ``args.output_dir`` when training ends,
@@ -134,6 +136,10 @@ class FisherCallback(TrainerCallback):
         ratio = fw.penalty_grad_ratio
         if ratio is not None:
             out["fwlora/penalty_grad_ratio"] = ratio
+        if fw.lam is not None:  # None: lam="auto" before its calibration
+            out["fwlora/lam"] = fw.lam
+        if fw.target_ratio is not None:
+            out["fwlora/target_ratio"] = fw.target_ratio
         importance = fw.importance
         if self.log_importances and importance is not None:
             values = tuple(importance.values())

@@ -59,6 +59,8 @@ class FisherAdamW(torch.optim.AdamW):
     1..warmup observe ‖∂L/∂W_m‖²_F of each adapted frozen weight into a Fisher EMA (decay
     `alpha`); right after step `warmup` the importances I_m = F_m / Σ F are frozen; later
     steps add the gradient of λ·Σ_m (1 - I_m)·‖ΔW_m‖²_F to the LoRA gradients.
+    ``lam="auto"`` calibrates λ once, at the first penalised step, so that the penalty's
+    gradient is ``target_ratio`` times the task's over the LoRA factors (then frozen).
 
     The FW-LoRA keywords are the fields of :class:`~fwlora.optim.options.FisherOptions`
     (defaults and validation live there); AdamW's are validated by AdamW. `params` overrides
@@ -74,7 +76,8 @@ class FisherAdamW(torch.optim.AdamW):
         weight_decay: float = 1e-2,
         *,
         warmup: int = DEFAULTS.warmup,
-        lam: float = DEFAULTS.lam,
+        lam: float | str = DEFAULTS.lam,
+        target_ratio: float | None = DEFAULTS.target_ratio,
         alpha: float = DEFAULTS.alpha,
         normalization: str = DEFAULTS.normalization,
         penalty: str = DEFAULTS.penalty,
@@ -110,6 +113,7 @@ class FisherAdamW(torch.optim.AdamW):
         options = FisherOptions(
             warmup=warmup,
             lam=lam,
+            target_ratio=target_ratio,
             alpha=alpha,
             normalization=normalization,
             penalty=penalty,
@@ -172,6 +176,16 @@ class FisherAdamW(torch.optim.AdamW):
     def fisher(self) -> dict[str, float]:
         """{module name: F_m}, the current Fisher EMA."""
         return self.fisher_weighting.fisher
+
+    @property
+    def lam(self) -> float | None:
+        """λ in effect: as given, or with lam="auto" the calibrated one (None until then)."""
+        return self.fisher_weighting.lam
+
+    @property
+    def target_ratio(self) -> float | None:
+        """lam="auto": the ‖∇P‖/‖∇L_task‖ λ is calibrated to; None when λ is set by hand."""
+        return self.fisher_weighting.target_ratio
 
     @property
     def penalty_grad_ratio(self) -> float | None:

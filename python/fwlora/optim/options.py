@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fwlora._core import FisherCore
+from fwlora.optim.calibration import DEFAULT_TARGET_RATIO, check_strength
 
 _CORE = FisherCore.defaults()
 CORE_OPTIONS = tuple(_CORE)  # the options the Rust core holds and validates
@@ -35,7 +36,16 @@ class FisherOptions:
     """FW-LoRA's options. Construction validates them all (ValueError naming the option)."""
 
     warmup: int = _opt(_CORE["warmup"], "K: optimizer steps observed before importances freeze")
-    lam: float = _opt(_CORE["lam"], "λ: strength of the Fisher-weighted penalty")
+    lam: float | str = _opt(
+        _CORE["lam"],
+        'λ: strength of the Fisher-weighted penalty; "auto": calibrated once, at the first '
+        "penalised step, to target_ratio",
+    )
+    target_ratio: float | None = _opt(
+        _CORE["target_ratio"],
+        f'lam="auto" only: ‖∇P‖/‖∇L_task‖ over the LoRA factors at the calibration step, in '
+        f'(0, 10]; default {DEFAULT_TARGET_RATIO} with lam="auto"',
+    )
     alpha: float = _opt(_CORE["alpha"], "α: decay of the Fisher EMA")
     normalization: str = _opt(
         _CORE["normalization"],
@@ -78,6 +88,9 @@ class FisherOptions:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, plain_number(getattr(self, f.name)))
             _check(f, getattr(self, f.name))
+        object.__setattr__(
+            self, "target_ratio", check_strength(self.lam, self.target_ratio, self.penalty)
+        )
         # The core is the judge of its own options (ranges, names, schedule/ramp pairing).
         FisherCore(1, **self.core_options())
         if self.penalty == "decoupled" and self.lam != _CORE["lam"]:
@@ -100,7 +113,10 @@ class FisherOptions:
 
     def core_options(self) -> dict[str, Any]:
         """The options the Rust core takes, as keyword arguments of FisherCore."""
-        return {name: getattr(self, name) for name in CORE_OPTIONS}
+        out = {name: getattr(self, name) for name in CORE_OPTIONS}
+        if self.lam == "auto":
+            out["lam"] = None  # the core calibrates it (target_ratio is set)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -131,6 +147,12 @@ def _check(f: dataclasses.Field, value: Any) -> None:
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         )
         what = "a finite number"
+    elif kind in ("float | str", "float | None"):  # lam ("auto"), target_ratio (None)
+        special = "auto" if kind == "float | str" else None
+        ok = value == special or (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+        what = f"a finite number or {special!r}"
     elif kind == "str":
         ok, what = isinstance(value, str), "a string"
     else:  # tuple[str, ...]

@@ -29,6 +29,7 @@ from torch import nn
 
 from fwlora._core import FisherCore
 from fwlora.optim.adapter_estimate import adapter_estimate
+from fwlora.optim.calibration import Calibration
 from fwlora.optim.checkpoint import STATE_KEY, check_fisher_state, fisher_state, require_entry
 from fwlora.optim.decoupled import has_decoupled_decay, scale_decoupled_decay
 from fwlora.optim.distributed import (
@@ -77,6 +78,7 @@ class FisherWeighting:
         self.statistics = self._new_statistics()
         self.penalty = FisherPenalty(self.matrices)
         self.strength = PenaltyStrength()
+        self.calibration = Calibration()
         self._factors = [p for m in self.matrices for p in (m.lora_A, m.lora_B)]
         self._rows: list[torch.Tensor] = []  # observed rows not yet in the core
         self._first_row_checked = False
@@ -141,6 +143,16 @@ class FisherWeighting:
         return self.core.skipped
 
     @property
+    def lam(self) -> float | None:
+        """λ in effect: as given, or with lam="auto" the calibrated one (None until then)."""
+        return self.core.lam
+
+    @property
+    def target_ratio(self) -> float | None:
+        """lam="auto": the ‖∇P‖/‖∇L_task‖ λ is calibrated to; None when λ is set by hand."""
+        return self.core.target_ratio
+
+    @property
     def penalty_grad_ratio(self) -> float | None:
         """‖∇P‖ / ‖∇L_task‖ over all LoRA factors at the latest penalised step (None before
         the first, and with penalty="decoupled", which adds no gradient)."""
@@ -170,6 +182,8 @@ class FisherWeighting:
             "step": self.step,
             "skipped_observations": self.skipped,
             "options": self.options.to_dict(),
+            "lam": self.lam,
+            "target_ratio": self.target_ratio,
             "penalty_grad_ratio": self.penalty_grad_ratio,
             "fisher": self.fisher,
             "importance": self.importance,
@@ -293,10 +307,17 @@ class FisherWeighting:
         scale = self.core.schedule_scale(self.step + 1)
         if scale == 0.0:
             return
+        lam = self.core.lam
+        if lam is None:  # lam="auto": calibrated at the first penalised step that allows it
+            if not self.calibration.try_calibrate(
+                self.core, self.penalty, self._factors, self.step + 1
+            ):
+                return
+            lam = self.core.lam
         if self.options.penalty == "decoupled":
             assert self._optimizer is not None
             scale_decoupled_decay(self._optimizer, self.matrices, self._decay_weights, scale)
-        elif self.core.lam > 0.0:
+        elif lam:
             task_sq = self.strength.grad_sq_norm(self._factors)
             penalty_sq = self.penalty.add_gradients(scale, measure=True)
             assert penalty_sq is not None
@@ -514,6 +535,8 @@ def _warn_adopted_options(ours: FisherOptions, saved: dict[str, Any]) -> None:
 
 def _saved_options(state: dict[str, Any], core: FisherCore) -> dict[str, Any]:
     saved = {name: getattr(core, name) for name in CORE_OPTIONS}
+    if core.target_ratio is not None:
+        saved["lam"] = "auto"  # the core holds the calibrated λ (or None), not the option
     saved["penalty"] = state.get("penalty")
     saved["estimator"] = state.get("estimator")
     return saved
