@@ -169,7 +169,8 @@ def test_a_saved_auto_state_brings_its_mode_and_lambda():
     for batch in batches(K + 1):
         _step(model, opt, batch)
     other = FisherAdamW(copy.deepcopy(model), lr=1e-2, warmup=K, lam=1e-4)
-    other.load_state_dict(opt.state_dict())
+    with pytest.warns(UserWarning, match="lam='auto'.*target_ratio=0.3"):
+        other.load_state_dict(opt.state_dict())
     assert (other.lam, other.target_ratio) == (opt.lam, 0.3)
     assert other.fisher_weighting.options.lam == "auto"
 

@@ -519,8 +519,8 @@ def _warn_adopted_options(ours: FisherOptions, saved: dict[str, Any]) -> None:
     differ = [
         f"{name}={saved[name]!r} (constructed with {getattr(ours, name)!r})"
         for name in saved
-        # lam="auto": the state holds the calibrated λ, which is no mismatch.
-        if saved[name] != getattr(ours, name) and getattr(ours, name) != "auto"
+        # lam="auto" is saved as "auto" (see _saved_options): its calibrated λ is no mismatch.
+        if saved[name] != getattr(ours, name)
     ]
     if differ:
         warnings.warn(
