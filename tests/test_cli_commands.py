@@ -49,6 +49,26 @@ def test_train_writes_artefacts_and_report(tiny, tmp_path, capsys):
     assert main(["report", str(out), "-o", str(site), "--title", "My title"]) == 0
     assert '<h2 class="paper-title">My title</h2>' in (site / "index.html").read_text()
 
+    # Issue 18 B4: a folder with the user's own index.html is refused (nothing written)
+    # unless --overwrite; a page fwlora wrote is replaced.
+    assert main(["report", str(out), "-o", str(site), "--title", "Again"]) == 0
+    assert "Again" in (site / "index.html").read_text()
+    capsys.readouterr()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("<h1>my homepage</h1>")
+    assert main(["report", str(out), "-o", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {mine}: holds its index.html that fwlora report did not write" in err
+    _one_line_error(err, "report")
+    assert [p.name for p in mine.iterdir()] == ["index.html"]
+    assert (mine / "index.html").read_text() == "<h1>my homepage</h1>"
+    assert main(["report", str(out), "-o", str(mine), "--overwrite"]) == 0
+    assert "paper-title" in (mine / "index.html").read_text()
+    # The report/ folder of an experiment fwlora wrote is fwlora's.
+    (out / "report" / "index.html").write_text("an older page without the mark")
+    assert main(["report", str(out)]) == 0
+
 
 def test_compare_from_a_config_file(tiny, tmp_path, capsys):
     config = tmp_path / "compare.toml"
@@ -85,6 +105,14 @@ def test_ablation_command(tiny, tmp_path):
     assert "fw-lora-no-fisher-term" in groups and "lora" in groups
 
 
+@pytest.mark.parametrize("seeds", [42, "42", [42], ["42"]])
+def test_one_seed_is_one_seed_in_every_command(seeds):
+    from fwlora.harness.config import ablation_lists, run_lists
+
+    assert ablation_lists({"seeds": seeds, "ks": [1], "lams": [0.0]}).seeds == [42]
+    assert run_lists({"methods": "lora", "seeds": seeds}).seeds == [42]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -93,6 +121,8 @@ def test_ablation_command(tiny, tmp_path):
         (["--model", "./no/such/dir"], "known names: roberta-base, minilm-l6"),
         (["--model", "bert-base-uncased"], "Point --model at a local directory"),
         (["--target-modules", "q_proj"], "match no Linear layer"),
+        (["--max-length", "65"], "max_length: 65 is more than model"),  # issue 18 B6
+        (["--max-length", "1"], "max_length: 1 leaves no room for text beside the 2 special"),
     ],
 )
 def test_bad_input_is_a_message_not_a_traceback(tiny, tmp_path, capsys, monkeypatch, args, message):
@@ -104,6 +134,41 @@ def test_bad_input_is_a_message_not_a_traceback(tiny, tmp_path, capsys, monkeypa
     assert message in err
     assert "Traceback" not in err
     assert err.startswith("fwlora train: error:")
+
+
+@pytest.mark.parametrize(
+    ("max_length", "message"),
+    [
+        (
+            "600",
+            "max_length: 600 is more than model minilm-l6 takes (512 tokens); expected an "
+            "integer in [3, 512]",
+        ),
+        ("2", "max_length: 2 leaves no room for text beside the 2 special tokens"),
+    ],
+)
+def test_max_length_is_checked_against_minilm(tiny, tmp_path, capsys, max_length, message):
+    """Issue 18 B6: MiniLM has 512 positions; below 3 its tokenizer keeps no text (at 1 it
+    did not truncate at all)."""
+    out = tmp_path / "out"
+    settings = tiny | {"model": "minilm-l6", "max_length": max_length}
+    assert main(["train", "-o", str(out), *settings_flags(settings)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    _one_line_error(err, "train")
+    assert not out.exists()
+
+
+def test_the_shortest_max_length_truncates(tiny):
+    from transformers import AutoTokenizer
+
+    from fwlora.harness.batching import Encoded
+    from fwlora.harness.data import Split
+    from fwlora.harness.models import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    encoded = Encoded(tokenizer, Split(["a long review of a drug that helped"] * 2, [0, 1]), 3)
+    assert encoded.lengths().tolist() == [3, 3]
 
 
 def test_unknown_method_in_compare(capsys):
@@ -149,6 +214,8 @@ def _one_line_error(err: str, command: str) -> None:
         (["train", "--ep", "1"], "unrecognized arguments: --ep 1"),  # no abbreviations
         (["demo", "--epochs", "0"], "epochs: expected an integer >= 1, got '0'"),
         (["demo", "--seeds", ""], "seeds: expected comma-separated, non-empty items"),
+        (["ablation", "--ks", "300,x"], "ks[1]: expected an integer >= 1, got 'x'"),
+        (["ablation", "--lams", "-1"], "lams[0]: expected a number >= 0, got '-1'"),
     ],
 )
 def test_bad_flags_are_one_line_and_status_2(tmp_path, capsys, argv, message):

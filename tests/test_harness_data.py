@@ -176,3 +176,28 @@ def test_held_out_rows_are_numbered_as_in_the_train_file(tmp_path):
     settings = _files(tmp_path, _rows(labels))
     with pytest.raises(HarnessError, match=r"row\(s\) 14 "):
         load_task(build_config(settings))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_na_like_texts_and_labels_stay_strings(tmp_path, suffix):
+    """Issue 18 B8: "NA", "None", "null", "nan" are words, not missing cells."""
+    words = ["NA", "None", "null", "nan", "N/A", "NULL"]
+    frame = pd.DataFrame({"text": words, "label": ["NA", "None", "null", "NA", "None", "null"]})
+    path = tmp_path / f"train{suffix}"
+    if suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, index=False, sep="\t" if suffix == ".tsv" else ",")
+    data = load_task(
+        build_config({"task": "file", "train_file": str(path), "eval_file": str(path)})
+    )
+    assert data.label_names == ["NA", "None", "null"]
+    assert data.train.texts == words and data.train.labels == [0, 1, 2, 0, 1, 2]
+
+
+def test_a_json_file_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "train.json"
+    rows = '[{"text": "good", "label": 1}, {"text": "bad", "label": 0}, {"text": "ok", "label": 1}'
+    path.write_text(rows + ', {"text": "no", "label": 0}]', encoding="utf-8-sig")
+    data = load_task(build_config({"task": "file", "train_file": str(path), "eval_fraction": 0.5}))
+    assert sorted(data.train.texts + data.eval.texts) == ["bad", "good", "no", "ok"]

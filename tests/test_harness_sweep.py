@@ -5,9 +5,11 @@ tiny BERT and toy data (seconds), and on a fake metrics set for the analysis."""
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy import stats as scipy_stats
 
 import fwlora.harness.experiment as experiment_module
@@ -347,10 +349,46 @@ def test_merge_refuses_runs_that_differ_beyond_the_seed(tiny, tmp_path, capsys):
     assert "is one of the inputs" in capsys.readouterr().err
 
 
-def test_ablation_command_runs_the_papers_k_and_lambda_ablation(tiny, tmp_path):
+def _tiny_train(tiny, out, method, **changes):
+    return main(["train", "-o", str(out), "--method", method, *settings_flags(tiny | changes)])
+
+
+def test_merge_refuses_methods_run_with_different_settings_or_data(tiny, tmp_path, capsys):
+    """Issue 18 B3: the merged report says every run shares the settings but the method's
+    own; runs of different labels with another lr, epochs or eval file are refused."""
+    lora, fw, other_eval = tmp_path / "lora", tmp_path / "fw", tmp_path / "other-eval"
+    assert _tiny_train(tiny, lora, "lora", epochs=1) == 0
+    assert _tiny_train(tiny, fw, "fw-lora", epochs=2, lr=0.001, fisher_lam=0.01) == 0
+    shorter = tmp_path / "eval-short.csv"
+    shorter.write_text("\n".join(Path(tiny["eval_file"]).read_text().splitlines()[:13]) + "\n")
+    assert _tiny_train(tiny, other_eval, "fw-lora", epochs=1, eval_file=shorter) == 0
+    capsys.readouterr()
+    merged = tmp_path / "merged"
+    assert main(["merge", str(lora), str(fw), "-o", str(merged)]) == 2
+    err = capsys.readouterr().err
+    assert f"the experiments differ in 'epochs' (1 in {lora}, 2 in {fw}), 'lr' (0.005 in " in err
+    assert "'fisher_lam'" not in err  # the method's own option may differ
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert main(["merge", str(lora), str(other_eval), "-o", str(merged)]) == 2
+    err = capsys.readouterr().err
+    assert "'data' (" in err and f"'eval_file' ('{tiny['eval_file']}' in {lora}" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not merged.exists()
+
+
+@pytest.mark.parametrize("source", ["flags", "config"])
+def test_ablation_command_runs_the_papers_k_and_lambda_ablation(tiny, tmp_path, source):
+    """From flags, or from a config file (issue 18 B5: its ks, lams and seeds honoured, and
+    `seeds: 1` is seed 1, as `--seeds 1` is)."""
     out = tmp_path / "ablation"
-    args = ["ablation", "-o", str(out), "--ks", "2", "--lams", "0.0005", "--seeds", "1"]
-    assert main([*args, *settings_flags(tiny | {"epochs": 1})]) == 0
+    lists = {"ks": "2", "lams": "0.0005", "seeds": "1"}
+    if source == "flags":
+        args = ["ablation", "-o", str(out), *settings_flags(lists | tiny | {"epochs": 1})]
+    else:
+        config = tmp_path / "ablation.yaml"
+        config.write_text(yaml.safe_dump(tiny | {"epochs": 1, "ks": 2, "lams": "5e-4", "seeds": 1}))
+        args = ["ablation", "-o", str(out), "--config", str(config)]
+    assert main(args) == 0
     groups = json.loads((out / "aggregated_metrics.json").read_text())["groups"]
     assert list(groups) == [
         "lora",
@@ -358,6 +396,7 @@ def test_ablation_command_runs_the_papers_k_and_lambda_ablation(tiny, tmp_path):
         "fw-lora-K4-lam0.0005",
         "fw-lora-no-fisher-term",
     ]
+    assert all(g["seeds"] == [1] for g in groups.values())
 
 
 def test_penalty_ratio_survives_resume(tiny, tmp_path, monkeypatch):

@@ -115,14 +115,6 @@ def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def _float_list(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fwlora",
@@ -165,16 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablation = command("ablation", help="the paper's FW-LoRA ablations: K, λ, no Fisher term")
     _add_output_options(ablation, "fwlora-ablation")
-    ablation.add_argument("--seeds", type=_int_list, help="default: 42")
-    ablation.add_argument(
-        "--ks", type=_int_list, default=[300, 500, 800], help="default: 300,500,800"
-    )
-    ablation.add_argument(
-        "--lams",
-        type=_float_list,
-        default=[5e-5, 1e-4, 2e-4, 5e-4],
-        help="default: 5e-5,1e-4,2e-4,5e-4",
-    )
+    ablation.add_argument("--seeds", help="comma-separated (default: 42)")
+    ablation.add_argument("--ks", help="comma-separated K (default: 300,500,800)")
+    ablation.add_argument("--lams", help="comma-separated λ (default: 5e-5,1e-4,2e-4,5e-4)")
     _add_run_options(ablation, skip=("method", "seed", "variant"))
 
     merge = command(
@@ -194,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="experiment directories")
     report.add_argument("-o", "--output", help="a folder (default: RUN_DIR/report, first RUN_DIR)")
     report.add_argument("--title", help="page title (default: from the runs)")
+    report.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder holding files fwlora report did not write",
+    )
 
     demo = command("demo", help="offline LoRA vs FW-LoRA on drug reviews (≈ minutes)")
     _add_output_options(demo, "fwlora-demo")
@@ -306,15 +296,23 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_ablation(args) -> None:
-    from fwlora.harness.config import read_config_file
+    from fwlora.harness.config import ablation_lists, read_config_file
     from fwlora.harness.experiment import config_from, plan_sweep, run_experiment
 
     file = read_config_file(args.config) if args.config else {}
-    seeds = args.seeds or file.get("seeds") or [42]
+    keys = ("seeds", "ks", "lams")
+    lists = ablation_lists(
+        {"seeds": [42], "ks": [300, 500, 800], "lams": [5e-5, 1e-4, 2e-4, 5e-4]},
+        {k: file.get(k) for k in keys},
+        {k: getattr(args, k) for k in keys},
+    )
     base = config_from(args.config, _overrides(args, skip=("method", "seed", "variant")))
     started = time.perf_counter()
     exp = run_experiment(
-        plan_sweep(base, seeds, args.ks, args.lams), Path(args.output), args.overwrite, args.resume
+        plan_sweep(base, lists.seeds, lists.ks, lists.lams),
+        Path(args.output),
+        args.overwrite,
+        args.resume,
     )
     _finish(exp, started)
 
@@ -332,10 +330,8 @@ def cmd_report(args) -> None:
     from fwlora.harness.errors import HarnessError
 
     output = Path(args.output) if args.output else Path(args.run_dirs[0]) / "report"
-    if output.exists() and not output.is_dir():
-        raise HarnessError(f"-o {output}: is a file; the report is a folder, choose another -o")
     try:
-        index = build_report(args.run_dirs, output, title=args.title)
+        index = build_report(args.run_dirs, output, title=args.title, overwrite=args.overwrite)
     except OSError as exc:
         raise HarnessError(
             f"-o {output}: cannot write the report there ({exc.strerror or exc})"

@@ -68,9 +68,12 @@ def _path_text(value: Any) -> Any:
 
 
 def _name_list(value: Any) -> Any:
-    """ "a, b" → ["a", "b"]; an empty item ("", "a,,b", ",") is refused."""
+    """ "a, b" → ["a", "b"]; one number (YAML's `seeds: 42`) → [42]; an empty item ("",
+    "a,,b", ",") is refused."""
     if isinstance(value, str):
         value = value.split(",")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
     if isinstance(value, (list, tuple)):
         items = [v.strip() if isinstance(v, str) else v for v in value]
         if any(v == "" for v in items):
@@ -220,26 +223,45 @@ class RunConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 
 
+Item = TypeVar("Item")
+# A list field of a multi-run command: a list, comma-separated text or one value.
+ListOf = Annotated[list[Item], BeforeValidator(_name_list), Field(min_length=1)]
+Seeds = ListOf[Annotated[Int, Field(ge=0, le=2**32 - 1)]]
+
+
 @dataclass(config=SCHEMA)
 class RunLists:
     """The lists of a multi-run command (`compare`): methods × seeds."""
 
-    methods: Annotated[
-        list[Annotated[str, one_of(METHODS)]], BeforeValidator(_name_list), Field(min_length=1)
-    ]
-    seeds: Annotated[
-        list[Annotated[Int, Field(ge=0, le=2**32 - 1)]],
-        BeforeValidator(_name_list),
-        Field(min_length=1),
-    ]
+    methods: ListOf[Annotated[str, one_of(METHODS)]]
+    seeds: Seeds
+
+
+@dataclass(config=SCHEMA)
+class AblationLists:
+    """The lists of `fwlora ablation`: for each seed, the K sweep (at the base λ) and the λ
+    sweep (at the base K)."""
+
+    seeds: Seeds
+    ks: ListOf[Annotated[Int, Field(ge=1)]]
+    lams: ListOf[Annotated[Float, Field(ge=0.0)]]
+
+
+def _layered(schema: type[T], layers: tuple[dict[str, Any] | None, ...]) -> T:
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update({k: v for k, v in (layer or {}).items() if v is not None})
+    return _checked(schema, lambda: schema(**values))
 
 
 def run_lists(*layers: dict[str, Any] | None) -> RunLists:
     """RunLists from layers in order (e.g. defaults, config file, flags; None values skipped)."""
-    values: dict[str, Any] = {}
-    for layer in layers:
-        values.update({k: v for k, v in (layer or {}).items() if v is not None})
-    return _checked(RunLists, lambda: RunLists(**values))
+    return _layered(RunLists, layers)
+
+
+def ablation_lists(*layers: dict[str, Any] | None) -> AblationLists:
+    """AblationLists from layers in order, like `run_lists`."""
+    return _layered(AblationLists, layers)
 
 
 # ------------------------------------------------------------------ errors

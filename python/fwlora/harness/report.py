@@ -14,6 +14,7 @@ from fwlora.harness.artefacts import group_runs
 from fwlora.harness.errors import HarnessError
 from fwlora.harness.experiment import Experiment, load_experiment
 from fwlora.harness.metrics import primary_metric
+from fwlora.harness.output import MARKER
 from fwlora.harness.sweep import SWEEP_TESTS
 
 ARTEFACTS = ("metrics.json", "aggregated_metrics.json", "significance_tests.json")
@@ -299,12 +300,47 @@ def _summary_items(exp: Experiment) -> list[str]:
     return items
 
 
-def build_report(run_dirs: list[str | Path], output: str | Path, title: str | None = None) -> Path:
-    """Writes output/index.html, output/images/*.png and output/data/**.json."""
+# The page's last line: `fwlora report` replaces a page that ends so without --overwrite.
+REPORT_MARK = "<!-- written by fwlora report; `fwlora report` may replace this page -->"
+
+
+def _written_by_fwlora(site: Path) -> bool:
+    """A folder fwlora wrote the page in: its index.html carries REPORT_MARK, or it is the
+    `report/` folder of an experiment fwlora wrote."""
+    index = site / "index.html"
+    if index.is_file() and REPORT_MARK in index.read_text(encoding="utf-8", errors="replace"):
+        return True
+    return site.name == "report" and (site.parent / MARKER).is_file()
+
+
+def check_site(site: Path, overwrite: bool = False) -> None:
+    """Refuses, before anything is written, a folder holding files fwlora report did not
+    write (unless `overwrite`)."""
+    if site.exists() and not site.is_dir():
+        raise HarnessError(f"-o {site}: is a file; the report is a folder, choose another -o")
+    if overwrite or not site.is_dir() or not any(site.iterdir()) or _written_by_fwlora(site):
+        return
+    mine = "its index.html" if (site / "index.html").exists() else "files"
+    raise HarnessError(
+        f"-o {site}: holds {mine} that fwlora report did not write; choose a new or empty "
+        "folder, or pass --overwrite to write the page there (replacing index.html and the "
+        "images/ and data/ files of the same names)"
+    )
+
+
+def build_report(
+    run_dirs: list[str | Path],
+    output: str | Path,
+    title: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes output/index.html, output/images/*.png and output/data/**.json; a folder with
+    files fwlora report did not write is refused unless `overwrite`."""
     if not run_dirs:
         raise HarnessError("report: give at least one experiment directory")
-    experiments = [load_experiment(Path(d)) for d in run_dirs]
     site = Path(output)
+    check_site(site, overwrite)
+    experiments = [load_experiment(Path(d)) for d in run_dirs]
     (site / "images").mkdir(parents=True, exist_ok=True)
     parts = [f'<h2 class="paper-title">{escape(title or _title(experiments))}</h2>']
     figure_count = 0
@@ -371,5 +407,5 @@ def build_report(run_dirs: list[str | Path], output: str | Path, title: str | No
         )
         parts.append(f"<section><h2>Artefacts{escape(heading)}</h2><ul>{links}</ul></section>")
     index_html = site / "index.html"
-    index_html.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    index_html.write_text("\n\n".join(parts) + "\n" + REPORT_MARK + "\n", encoding="utf-8")
     return index_html

@@ -89,8 +89,11 @@ def plan_grid(
 
 
 def _items(key: str, value: Any) -> list[Any]:
-    """A list from a config-file list or comma-separated text; empty items refused."""
+    """A list from a config-file list, comma-separated text or one number; empty items
+    refused."""
     items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, (int, float)) and not isinstance(items, bool):
+        items = [items]
     if not isinstance(items, (list, tuple)):
         raise HarnessError(f"{key}: expected a list (or comma-separated text), got {value!r}")
     items = [x.strip() if isinstance(x, str) else x for x in items]
