@@ -65,7 +65,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.utils.checkpoint
@@ -135,7 +135,10 @@ class _Observe(torch.autograd.Function):
         stats: GradientStatistics,
         index: int,
         root: int | None,
+        anchor: torch.Tensor | None,
     ) -> torch.Tensor:
+        # `anchor` (a 0-d leaf requiring grad, or None) only makes the output require grad
+        # when nothing else does; it never gets a gradient.
         ctx.save_for_backward(inputs)
         ctx.stats, ctx.index, ctx.root = stats, index, root
         ctx.mark_dirty(output)
@@ -144,9 +147,16 @@ class _Observe(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (inputs,) = ctx.saved_tensors
+        try:
+            (inputs,) = ctx.saved_tensors
+        except RuntimeError as exc:
+            # The layer's input was edited in place after the call. With lora_dropout > 0
+            # nothing else keeps it, so plain LoRA trains: lose the statistic, not the step.
+            if "inplace operation" not in str(exc):
+                raise
+            inputs = None
         ctx.stats._on_grad(ctx.index, inputs, grad, ctx.root)
-        return grad, None, None, None, None
+        return grad, None, None, None, None, None
 
 
 def _grads_unset(matrix: AdapterMatrix) -> bool:
@@ -187,6 +197,41 @@ def _in_reentrant_checkpoint() -> bool:
             return any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
         frame = frame.f_back
     return False
+
+
+def hook_target(matrix: AdapterMatrix) -> nn.Module:
+    """The module whose calls the statistic observes: the LoRA layer, or its base layer when
+    that is also reachable outside it (calls through the other path bypass LoRA but still
+    give W a gradient; peft's LoRA layer calls its base layer, so both paths are seen)."""
+    if matrix.base_reachable_outside:
+        base: nn.Module = cast(Any, matrix.module).base_layer
+        return base
+    return matrix.module
+
+
+class _InertHook:
+    """What a pickled (torch.save) or deep-copied model holds in place of `_ForwardHook`:
+    its copy must not report to this run's statistics."""
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        return None
+
+
+class _ForwardHook:
+    """The forward hook of one observed module: a class rather than a closure so that the
+    model stays picklable during warm-up (it pickles as `_InertHook`)."""
+
+    def __init__(self, stats: GradientStatistics, index: int) -> None:
+        self.stats, self.index = stats, index
+
+    # Opaque to torch.compile: traced, the hook's bookkeeping would specialise the graph on
+    # `index` (one recompilation per matrix); run eagerly, it costs one graph break.
+    @torch.compiler.disable
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        return self.stats._on_forward(self.index, module, args, kwargs, output)
+
+    def __reduce__(self) -> tuple:
+        return (_InertHook, ())
 
 
 class GradientStatistics:
@@ -238,6 +283,11 @@ class GradientStatistics:
         # accumulation_steps > 1).
         self._acc: dict[int, torch.Tensor] = {}
         self._queued: set[int] = set()
+        self._anchors: dict[torch.device, torch.Tensor] = {}
+        # Indices whose saved input was edited in place before backward in this step (their
+        # statistic is lost: the step is left out of the EMA, see take_row).
+        self._lost: set[int] = set()
+        self._warned_lost = False
 
     @property
     def attached(self) -> bool:
@@ -248,7 +298,9 @@ class GradientStatistics:
             return
         for index, matrix in enumerate(self.matrices):
             self._handles.append(
-                matrix.module.register_forward_hook(self._forward_hook(index), with_kwargs=True)
+                hook_target(matrix).register_forward_hook(
+                    _ForwardHook(self, index), with_kwargs=True
+                )
             )
 
     def detach(self) -> None:
@@ -264,6 +316,7 @@ class GradientStatistics:
         yet seen in backward, so a forward run before zero_grad is still counted right."""
         self._pending = [None] * len(self.matrices)
         self._passes = [0] * len(self.matrices)
+        self._lost.clear()
         self._acc.clear()
         self._accumulate.clear()
         self._root = None
@@ -283,6 +336,8 @@ class GradientStatistics:
             [zero if v is None else v.to(device, torch.float64) for v in self._pending]
         )
         passes = max(self._passes, default=0)
+        if self._lost:
+            row = self._mark_lost(row)
         self.reset()
         if passes > 1 and self.accumulation_steps == 1 and not self._warned_passes:
             self._warned_passes = True
@@ -298,45 +353,73 @@ class GradientStatistics:
             )
         return row
 
-    # ------------------------------------------------------------------ hooks
-    def _forward_hook(self, index: int) -> Callable:
-        matrix = self.matrices[index]
-
-        # Opaque to torch.compile: traced, the hook's bookkeeping would specialise the graph on
-        # `index` (one recompilation per matrix); run eagerly, it costs one graph break.
-        @torch.compiler.disable
-        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-            # A deep copy of the model carries this hook along; it must not report here.
-            # After detach() a graph compiled with the hook in it may still call it: no-op.
-            if module is not matrix.module or not self._handles:
-                return None
-            task = _graph_task()
-            inputs = args[0] if args else kwargs.get("x", kwargs.get("input"))
-            observed = (
-                torch.is_grad_enabled()
-                and isinstance(output, torch.Tensor)
-                and output.requires_grad
-                and isinstance(inputs, torch.Tensor)
+    def _mark_lost(self, row: torch.Tensor) -> torch.Tensor:
+        """NaN where a saved input was edited in place (so the core leaves the whole step
+        out of the EMA, as any non-finite step); one warning naming the cause."""
+        lost = sorted(self._lost)
+        row = row.index_fill(0, torch.tensor(lost, device=row.device), float("nan"))
+        if not self._warned_lost:
+            self._warned_lost = True
+            names = ", ".join(self.matrices[i].name for i in lost[:3])
+            warnings.warn(
+                f"FW-LoRA: the input of {names}{', ...' if len(lost) > 3 else ''} was "
+                "modified in place after the layer used it, before backward; the warm-up "
+                "statistic needs that input (with lora_dropout > 0 LoRA itself does not keep "
+                "it), so this step is left out of the Fisher EMA (and any other step where "
+                "it happens). Edit a copy instead (x = x * 2, not x.mul_(2); or x.clone() "
+                "before the edit) to have every warm-up step measured",
+                RuntimeWarning,
+                stacklevel=5,
             )
-            if task == -1 and (
-                observed or (not torch.is_grad_enabled() and _in_reentrant_checkpoint())
-            ):
-                # A call that will send a gradient back. Reentrant checkpointing runs the
-                # forward that decides the call count under no_grad and recomputes it inside
-                # backward (not counted there); an evaluation forward is not counted.
-                self._calls[index] += 1
-            if not observed:
-                return None
-            root = None
-            if task != -1:
-                # Recomputed inside a backward pass (checkpointing): it belongs to that pass.
-                root = task
-                self._queue_end(task)
-            if output.is_leaf or output._base is not None:
-                output = output.clone()
-            return _Observe.apply(output, inputs, self, index, root)
+        return row
 
-        return hook
+    # ------------------------------------------------------------------ hooks
+    def _on_forward(
+        self, index: int, module: nn.Module, args: tuple, kwargs: dict, output: Any
+    ) -> Any:
+        """The forward hook's work (see `_ForwardHook`): counts the call and, when it builds
+        a graph, puts the `_Observe` node on its output."""
+        # A deep copy of the model carries an inert hook (see _ForwardHook.__reduce__).
+        # After detach() a graph compiled with the hook in it may still call it: no-op.
+        if module is not hook_target(self.matrices[index]) or not self._handles:
+            return None
+        task = _graph_task()
+        inputs = args[0] if args else kwargs.get("x", kwargs.get("input"))
+        # With grad enabled every call counts, whether its output requires grad or not: a
+        # call under peft's disable_adapter() (or a base layer called outside its LoRA
+        # layer) on an input that needs no gradient still gives W a gradient.
+        observed = (
+            torch.is_grad_enabled()
+            and isinstance(output, torch.Tensor)
+            and output.is_floating_point()
+            and isinstance(inputs, torch.Tensor)
+        )
+        if task == -1 and (
+            observed or (not torch.is_grad_enabled() and _in_reentrant_checkpoint())
+        ):
+            # A call that will send a gradient back. Reentrant checkpointing runs the
+            # forward that decides the call count under no_grad and recomputes it inside
+            # backward (not counted there); an evaluation forward is not counted.
+            self._calls[index] += 1
+        if not observed:
+            return None
+        root = None
+        if task != -1:
+            # Recomputed inside a backward pass (checkpointing): it belongs to that pass.
+            root = task
+            self._queue_end(task)
+        anchor = None if output.requires_grad else self._anchor(output.device)
+        if output.is_leaf or output._base is not None:
+            output = output.clone()
+        return _Observe.apply(output, inputs, self, index, root, anchor)
+
+    def _anchor(self, device: torch.device) -> torch.Tensor:
+        """A 0-d leaf requiring grad that lets an output which needs no gradient of its own
+        (the LoRA path disabled, the input frozen) carry one back to the statistic."""
+        anchor = self._anchors.get(device)
+        if anchor is None:
+            anchor = self._anchors[device] = torch.zeros((), device=device, requires_grad=True)
+        return anchor
 
     def _queue_end(self, task: int) -> None:
         if task in self._queued:
@@ -388,7 +471,7 @@ class GradientStatistics:
 
     @torch.no_grad()
     def _on_grad(
-        self, index: int, inputs: torch.Tensor, grad: torch.Tensor, root: int | None
+        self, index: int, inputs: torch.Tensor | None, grad: torch.Tensor, root: int | None
     ) -> None:
         matrix = self.matrices[index]
         if root is None:
@@ -413,6 +496,9 @@ class GradientStatistics:
             accumulate = multi_call or self.accumulation_steps > 1
             self._accumulate[index] = accumulate
         self._calls[index] = max(0, self._calls[index] - 1)
+        if inputs is None:  # edited in place since the call (see _Observe.backward)
+            self._lost.add(index)
+            return
 
         g = grad.reshape(-1, grad.shape[-1])
         if g.dtype == torch.float16:

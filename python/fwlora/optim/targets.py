@@ -38,6 +38,9 @@ class AdapterMatrix:
     out_features: int
     adapter: str = "default"  # the peft adapter these factors belong to
     kind: str = "linear"  # "linear" (y = x Wᵀ) or "embedding" (rows of W picked by token id)
+    # The base layer is also held outside this LoRA layer (another attribute points at it), so
+    # calls through that path bypass LoRA: the statistic then observes the base layer itself.
+    base_reachable_outside: bool = False
 
     @property
     def rank(self) -> int:
@@ -149,6 +152,7 @@ def find_adapter_matrices(
 
     matrices: list[AdapterMatrix] = []
     used: set[str] = set()
+    paths = _module_paths(model)
     for name, found in model.named_modules():
         if not isinstance(found, LoraLayer):
             continue
@@ -199,6 +203,7 @@ def find_adapter_matrices(
                 out_features=lora_B.shape[0],
                 adapter=adapter,
                 kind=kind,
+                base_reachable_outside=_reachable_outside(module, paths),
             )
         )
     unused = [p for p in patterns if p not in used]
@@ -212,6 +217,22 @@ def find_adapter_matrices(
         )
     _warn_shared_weights(model, matrices)
     return matrices
+
+
+def _module_paths(model: nn.Module) -> dict[int, list[str]]:
+    """Every path under which each module is reachable (a module held by two attributes has
+    two)."""
+    paths: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(module), []).append(path)
+    return paths
+
+
+def _reachable_outside(layer: Any, paths: dict[int, list[str]]) -> bool:
+    """Whether `layer`'s base layer is reachable by a path that does not pass through `layer`
+    (e.g. ``model.alias = model.proj`` before peft wrapped ``proj``; T5's shared embedding)."""
+    inside = tuple(f"{p}." for p in paths.get(id(layer), []))
+    return any(not p.startswith(inside) for p in paths.get(id(layer.base_layer), []))
 
 
 def _check_embedding(name: str, module: Any, adapter: str, hint: str) -> None:
