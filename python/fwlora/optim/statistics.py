@@ -23,6 +23,15 @@ Estimators:
     roberta-base); the EMA averages its noise over the warm-up. Embedding layers always use
     the exact statistic (it costs tokens·dim).
 
+Edges. A base layer that is also reachable outside its LoRA layer (another attribute holds
+it, so calls through it bypass LoRA) is hooked itself instead of the LoRA layer: peft's LoRA
+layer calls it, so every path is seen. A call with grad enabled whose output needs no gradient
+(under peft's ``disable_adapter()``, on an input that needs none) is given one through a 0-d
+anchor leaf, so the statistic gets its G like W's own gradient would. An input edited in place
+between the call and backward (possible where LoRA itself does not keep it, lora_dropout > 0)
+cannot be read back: that step's row becomes NaN, which the core leaves out of the EMA, with
+one warning. The hook is a picklable object that pickles (and deep-copies) as a no-op.
+
 What one step records. Within one backward pass, ∂L/∂W_m is the *whole* gradient of that
 pass: for a module called several times in one forward (shared layers, ALBERT-style; or two
 forwards summed into one loss) the squared norm of the summed gradient Σ_c G_cᵀX_c, not the
