@@ -2,22 +2,25 @@
 
 Two measurements, each resumable (finished entries are kept in the JSON and skipped):
 
-* ``spread``: which task-gradient scale gives the stabler λ. Each seed trains to the first
+* spread: which task-gradient scale gives the stabler λ. Each seed trains to the first
   penalised step K + 1 (calibration needs nothing later) with lam="auto"; a step pre-hook
   records ‖∇L_task‖² over the LoRA factors at every step. The optimizer calibrates with the
   step's own norm (λ_step); since λ ∝ sqrt(task scale) for the same ∇P_{λ=1}, the λ an EMA
   (the Fisher α, bias-corrected) of ‖∇L_task‖² over steps 1..K would give is
   λ_ema = λ_step·sqrt(ema / ‖∇L_task,K+1‖²), exactly. Spread over seeds: coefficient of
   variation and max/min of λ.
-* ``transfer``: full harness runs (3 epochs, 64 tokens, left truncation, K = 30, lr 1e-3,
-  batch 16) for target ratios {0.03, 0.1, 0.3} × ranks {2, 8} × normalisations {sum, max}:
-  the calibrated λ, the median ‖∇P‖/‖∇L_task‖ over the penalised steps (metrics.json) and
-  whether it is within a factor 3 of the target, plus eval accuracy.
+* transfer: the harness's training loop without its evaluation passes (3 epochs, 64
+  tokens, left truncation, K = 30, lr 1e-3, batch 16) for target ratios {0.03, 0.1, 0.3} ×
+  ranks {2, 8} × normalisations {sum, max}: the calibrated λ, ‖∇P‖/‖∇L_task‖ at every
+  penalised step, its median and whether that is within a factor 3 of the target.
 
-    nice -n 19 python benches/calibration_study.py spread     # 6 seeds, r = 8, ~5 min CPU
-    nice -n 19 python benches/calibration_study.py transfer   # 12 runs, ~1 h on 1 CPU core
+    python benches/calibration_study.py pending | \
+        xargs -P 4 -n 1 nice -n 19 python benches/calibration_study.py unit
+    python benches/calibration_study.py report
 
-Writes benches/results/calibration.{json,md} (runs under runs/calibration_study/).
+Each unit (6 spread seeds, ~30 s CPU each; 12 transfer runs, ~3 min CPU each) writes
+benches/results/calibration/<unit>.json; `report` joins them into
+benches/results/calibration.{json,md}. Runs go under runs/calibration_study/.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 
 from fwlora.harness.config import build_config
-from fwlora.harness.train import _setup, train_run
+from fwlora.harness.train import _setup
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benches" / "results"
@@ -68,14 +71,29 @@ def settings(**changes: Any) -> dict[str, Any]:
     return {**base, **changes}
 
 
+UNITS = RESULTS / "calibration"  # one JSON per finished unit: parallel workers never clash
+
+
 def load() -> dict[str, Any]:
-    path = RESULTS / "calibration.json"
-    return json.loads(path.read_text()) if path.exists() else {"spread": {}, "transfer": {}}
+    doc: dict[str, Any] = {"spread": {}, "transfer": {}}
+    for path in sorted(UNITS.glob("*.json")):
+        kind, key = path.stem.split("-", 1)
+        doc[kind][key] = json.loads(path.read_text())
+    return doc
+
+
+def save_unit(unit: str, result: dict[str, Any]) -> None:
+    UNITS.mkdir(parents=True, exist_ok=True)
+    (UNITS / f"{unit}.json").write_text(json.dumps(result, indent=2))
 
 
 def save(doc: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "calibration.json").write_text(json.dumps(doc, indent=2))
+    summary = {
+        "spread": doc["spread"],
+        "transfer": {k: {**v, "ratios": None} for k, v in doc["transfer"].items()},
+    }
+    (RESULTS / "calibration.json").write_text(json.dumps(summary, indent=2))
     (RESULTS / "calibration.md").write_text(markdown(doc))
 
 
@@ -124,47 +142,63 @@ def spread_summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def spread(doc: dict[str, Any]) -> None:
-    for seed in SPREAD_SEEDS:
-        key = f"r{SPREAD_RANK}-s{seed}"
-        if key not in doc["spread"]:
-            doc["spread"][key] = {
-                "rank": SPREAD_RANK,
-                "seed": seed,
-                **calibrate_once(seed, SPREAD_RANK),
-            }
-            save(doc)
-            print(key, doc["spread"][key], flush=True)
+def spread_unit(seed: int) -> dict[str, Any]:
+    return {"rank": SPREAD_RANK, "seed": seed, **calibrate_once(seed, SPREAD_RANK)}
 
 
 # -------------------------------------------------------------------------- transfer
-def transfer(doc: dict[str, Any]) -> None:
-    # Most informative first: the default target at r = 8, then the other targets, ranks, norms.
-    cells = sorted(
+def train_ratios(cfg: Any, run_dir: Path) -> tuple[float | None, list[float]]:
+    """The harness's training loop (same data order, LR schedule, adapters) without its
+    evaluation passes: (calibrated λ, ‖∇P‖/‖∇L_task‖ of every penalised step)."""
+    torch.set_num_threads(1)
+    run = _setup(cfg, run_dir, None)
+    run.model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        order = np.random.default_rng(cfg.seed * 1009 + epoch).permutation(len(run.train_data))
+        for i in range(run.steps_per_epoch):
+            index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            run.model(**run.train_data.batch(index, run.device)).loss.backward()
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+    return run.optimizer.lam, run.optimizer.penalty_grad_ratios()
+
+
+def transfer_cells() -> list[tuple[float, int, str]]:
+    """Most informative first: r = 8 and sum, the default target first; then rank 2; max."""
+    return sorted(
         ((t, r, n) for t in TARGETS for r in RANKS for n in NORMALIZATIONS),
         key=lambda c: (c[2] != "sum", c[1] != 8, c[0] != 0.1),
     )
-    for target, rank, norm in cells:
-        key = f"t{target:g}-r{rank}-{norm}"
-        if key in doc["transfer"]:
-            continue
-        cfg = build_config(
-            settings(seed=1, rank=rank, fisher_target_ratio=target, fisher_normalization=norm)
-        )
-        metrics = train_run(cfg, RUNS / key, resume=True)
-        fisher = metrics["fisher"]
-        doc["transfer"][key] = {
-            "target_ratio": target,
-            "rank": rank,
-            "normalization": norm,
-            "lam": fisher["lam"],
-            "median_ratio": fisher["penalty_grad_ratio"],
-            "penalised_steps": fisher["penalised_steps"],
-            "eval_accuracy": metrics.get("best_eval_acc"),
-            "final_eval_accuracy": metrics.get("final_eval_acc"),
-        }
-        save(doc)
-        print(key, doc["transfer"][key], flush=True)
+
+
+def transfer_unit(target: float, rank: int, norm: str) -> dict[str, Any]:
+    key = f"t{target:g}-r{rank}-{norm}"
+    cfg = build_config(
+        settings(seed=1, rank=rank, fisher_target_ratio=target, fisher_normalization=norm)
+    )
+    lam, ratios = train_ratios(cfg, RUNS / key)
+    return {
+        "target_ratio": target,
+        "rank": rank,
+        "normalization": norm,
+        "lam": lam,
+        "first_ratio": ratios[0],
+        "median_ratio": float(np.median(ratios)),
+        "last_ratio": ratios[-1],
+        "penalised_steps": len(ratios),
+        "ratios": ratios,
+    }
+
+
+def units() -> dict[str, Any]:
+    """Every unit of work by name, in the order to run them."""
+    out: dict[str, Any] = {}
+    for seed in SPREAD_SEEDS:
+        out[f"spread-r{SPREAD_RANK}-s{seed}"] = lambda seed=seed: spread_unit(seed)
+    for t, r, n in transfer_cells():
+        out[f"transfer-t{t:g}-r{r}-{n}"] = lambda t=t, r=r, n=n: transfer_unit(t, r, n)
+    return out
 
 
 # -------------------------------------------------------------------------- report
@@ -190,30 +224,39 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append("")
     if doc["transfer"]:
         lines += [
-            "## Transfer: median ‖∇P‖/‖∇L_task‖ over the penalised steps (seed 1, 3 epochs)",
+            "## Transfer: ‖∇P‖/‖∇L_task‖ over the penalised steps (seed 1, 3 epochs, 84 steps)",
             "",
-            "| target | rank | normalization | calibrated λ | median ratio | median/target | "
-            "within ×3 | best eval acc |",
-            "|---|---|---|---|---|---|---|---|",
+            "| target | rank | normalization | calibrated λ | ratio at K+1 | median ratio | "
+            "last ratio | median/target | within ×3 |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in doc["transfer"].values():
             q = r["median_ratio"] / r["target_ratio"] if r["median_ratio"] else float("nan")
             ok = "yes" if 1 / 3 <= q <= 3 else "no"
-            acc = r.get("eval_accuracy")
             lines.append(
                 f"| {r['target_ratio']:g} | {r['rank']} | {r['normalization']} | "
-                f"{r['lam']:.3g} | {r['median_ratio']:.3g} | {q:.2f} | {ok} | "
-                f"{acc if acc is None else f'{acc:.3f}'} |"
+                f"{r['lam']:.3g} | {r['first_ratio']:.3g} | {r['median_ratio']:.3g} | "
+                f"{r['last_ratio']:.3g} | {q:.2f} | {ok} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
-    doc = load()
-    for what in argv or ["spread", "transfer"]:
-        {"spread": spread, "transfer": transfer}[what](doc)
-    save(doc)
+    """`pending`: the units not yet done; `unit NAME`: run one; `report`: the tables."""
+    command, *rest = argv or ["report"]
+    if command == "pending":
+        done = {p.stem for p in UNITS.glob("*.json")}
+        print("\n".join(name for name in units() if name not in done))
+    elif command == "unit":
+        (name,) = rest
+        result = units()[name]()
+        save_unit(name, result)
+        print(name, {k: v for k, v in result.items() if k != "ratios"}, flush=True)
+    elif command == "report":
+        save(load())
+    else:
+        raise SystemExit(f"unknown command {command!r}: pending, unit NAME or report")
 
 
 if __name__ == "__main__":

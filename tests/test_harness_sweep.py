@@ -445,3 +445,86 @@ def test_merge_takes_the_finished_runs_of_an_unfinished_experiment(tiny, tmp_pat
     (tmp_path / "mine").mkdir()
     assert main(["merge", str(a), str(tmp_path / "mine"), "-o", str(tmp_path / "m2")]) == 2
     assert "not an experiment folder written by fwlora" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ target ratios (issue 15)
+def test_sweep_over_target_ratios_calibrates_each_run(tiny, tmp_path, capsys):
+    out = tmp_path / "targets"
+    args = ["sweep", "-o", str(out), "--methods", "fw-lora,l2-lora", "--target-ratios", "0.05,0.5"]
+    assert main([*args, "--seeds", "1", *settings_flags(tiny | {"epochs": 1})]) == 0
+    printed = capsys.readouterr().out
+    runs = {r["label"]: r for r in _runs(out)}
+    assert set(runs) == {
+        "fw-lora-sum-tr0.05",
+        "fw-lora-sum-tr0.5",
+        "l2-lora-tr0.05",
+        "l2-lora-tr0.5",
+    }
+    for label, run in runs.items():
+        assert run["config"]["fisher_lam"] == "auto"
+        fisher = run["fisher"]
+        assert fisher["target_ratio"] == run["config"]["fisher_target_ratio"]
+        assert isinstance(fisher["lam"], float) and fisher["lam"] > 0, label
+    # Ten times the target: ten times the λ (the same weights and gradients at K + 1).
+    for method in ("fw-lora-sum", "l2-lora"):
+        weak, strong = runs[f"{method}-tr0.05"]["fisher"], runs[f"{method}-tr0.5"]["fisher"]
+        assert strong["lam"] == pytest.approx(10 * weak["lam"], rel=1e-9)
+    doc = json.loads((out / SWEEP_TESTS).read_text())
+    assert doc["curve"]["axis"] == "target_ratio"
+    point = doc["curve"]["series"]["fw-lora (sum)"][1]
+    assert point["target_ratio"] == 0.5 and point["lams"] == [
+        runs["fw-lora-sum-tr0.5"]["fisher"]["lam"]
+    ]
+    assert doc["fw_vs_l2"][0]["axis"] == "target_ratio"
+    assert "fw-lora (sum) target ratio=0.5" in printed
+    assert (out / "figures" / "sweep_lambda_curve.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("args", "file", "message"),
+    [
+        (["--target-ratios", "0,0.1"], {}, "target_ratios: expected numbers in (0, 10], got '0'"),
+        (["--target-ratios", "11"], {}, "target_ratios: expected numbers in (0, 10]"),
+        ([], {"lams": [0.01], "target_ratios": [0.1]}, "lams / target_ratios: give one or"),
+        (["--lams", "0.01", "--target-ratios", "0.1"], {}, "not allowed with argument"),
+    ],
+)
+def test_sweep_refuses_bad_target_ratios(tiny, tmp_path, capsys, args, file, message):
+    out = tmp_path / "bad"
+    extra = []
+    if file:
+        path = tmp_path / "sweep.json"
+        path.write_text(json.dumps(file))
+        extra = ["--config", str(path)]
+    assert main(["sweep", "-o", str(out), *args, *extra, *settings_flags(tiny)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_target_ratios_from_a_config_file_and_flags_over_it(tiny):
+    from types import SimpleNamespace
+
+    from fwlora.harness.sweep import sweep_lists
+
+    file = {"target_ratios": [0.03, 0.1]}
+    lists = sweep_lists(file, SimpleNamespace())
+    assert (lists["lams"], lists["target_ratios"]) == (None, [0.03, 0.1])
+    lists = sweep_lists(file, SimpleNamespace(lams="0.01"))  # the flags' axis wins
+    assert (lists["lams"], lists["target_ratios"]) == ([0.01], None)
+    configs = plan_grid(build_config(tiny), ["lora", "fw-lora"], (), ["max"], [1], [0.1])
+    assert [c.label for c in configs] == ["lora", "fw-lora-max-tr0.1"]
+    assert (configs[1].fisher_lam, configs[1].fisher_target_ratio) == ("auto", 0.1)
+    assert grid_label("l2-lora", target_ratio=0.3) == "l2-lora-tr0.3"
+
+
+def test_run_settings_take_lam_auto_and_name_a_bad_target(tiny):
+    cfg = build_config(tiny | {"fisher_lam": "auto", "fisher_target_ratio": "0.2"})
+    assert (cfg.fisher_lam, cfg.fisher_target_ratio) == ("auto", 0.2)
+    assert build_config(tiny | {"fisher_lam": "1e-3"}).fisher_lam == 1e-3
+    with pytest.raises(HarnessError, match='fisher_target_ratio: only with lam="auto"'):
+        build_config(tiny | {"fisher_target_ratio": 0.2})
+    with pytest.raises(HarnessError, match=r"fisher_target_ratio: expected a number in \(0, 10\]"):
+        build_config(tiny | {"fisher_lam": "auto", "fisher_target_ratio": 20})
+    with pytest.raises(HarnessError, match='fisher_lam: expected a number >= 0 or "auto"'):
+        build_config(tiny | {"fisher_lam": "big"})

@@ -70,7 +70,9 @@ def _flag_help(methods: tuple[str, ...]) -> dict[str, str]:
         "budget_percent": "adapter budget in %% of the backbone (overrides --rank)",
         "fisher_warmup": "FW-LoRA warm-up steps K",
         "fisher_warmup_fraction": "K as a fraction of the total steps (overrides --fisher-warmup)",
-        "fisher_lam": "FW-LoRA shrinkage λ",
+        "fisher_lam": "FW-LoRA shrinkage λ, or auto (calibrated to --fisher-target-ratio)",
+        "fisher_target_ratio": "with --fisher-lam auto: ‖∇P‖/‖∇L_task‖ at the first penalised "
+        "step (unset: 0.1)",
         "fisher_alpha": "FW-LoRA EMA decay α",
         "fisher_normalization": "sum, max or uniform (unset: sum for fw-lora, uniform for l2-lora)",
     }
@@ -146,13 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_output_options(sweep, "fwlora-sweep")
     sweep.add_argument("--methods", help="comma-separated (default: lora,fw-lora,l2-lora)")
-    sweep.add_argument("--lams", help="comma-separated λ (default: 1e-4,1e-2,1e-1)")
+    strength = sweep.add_mutually_exclusive_group()
+    strength.add_argument("--lams", help="comma-separated λ (default: 1e-4,1e-2,1e-1)")
+    strength.add_argument(
+        "--target-ratios",
+        help="instead of --lams: comma-separated ‖∇P‖/‖∇L_task‖ targets in (0, 10], λ = auto "
+        "calibrated to each at the first penalised step (labels ...-tr0.1)",
+    )
     sweep.add_argument(
         "--normalizations", help="fw-lora's, comma-separated: sum, max (default: sum)"
     )
     sweep.add_argument("--seeds", help="comma-separated (default: 42)")
     _add_run_options(
-        sweep, skip=("method", "seed", "variant", "fisher_lam", "fisher_normalization")
+        sweep,
+        skip=(
+            "method",
+            "seed",
+            "variant",
+            "fisher_lam",
+            "fisher_target_ratio",
+            "fisher_normalization",
+        ),
     )
 
     ablation = command("ablation", help="the paper's FW-LoRA ablations: K, λ, no Fisher term")
@@ -284,11 +300,23 @@ def cmd_sweep(args) -> None:
 
     file = read_config_file(args.config) if args.config else {}
     lists = sweep_lists(file, args)
-    skip = ("method", "seed", "variant", "fisher_lam", "fisher_normalization")
+    skip = (
+        "method",
+        "seed",
+        "variant",
+        "fisher_lam",
+        "fisher_target_ratio",
+        "fisher_normalization",
+    )
     base = config_from(args.config, _overrides(args, skip=skip))
     started = time.perf_counter()
     configs = plan_grid(
-        base, lists["methods"], lists["lams"], lists["normalizations"], lists["seeds"]
+        base,
+        lists["methods"],
+        lists["lams"] or (),
+        lists["normalizations"],
+        lists["seeds"],
+        target_ratios=lists["target_ratios"],
     )
     exp = run_experiment(configs, Path(args.output), args.overwrite, args.resume)
     extra = write_sweep(exp.out_dir)

@@ -104,7 +104,9 @@ def _order(run: dict[str, Any]) -> tuple:
     config = run["config"]
     norm = {"sum": 0, "max": 1}.get(config.get("fisher_normalization") or "", 2)
     lam = config.get("fisher_lam", 0.0) if run["method"] in ("fw-lora", "l2-lora") else 0.0
-    return (run["seed"], _METHOD_ORDER.get(run["method"], 4), norm, lam, run["label"])
+    # λ by hand, then λ = "auto" by target ratio
+    strength = (1, config.get("fisher_target_ratio") or 0.0) if lam == "auto" else (0, lam)
+    return (run["seed"], _METHOD_ORDER.get(run["method"], 4), norm, strength, run["label"])
 
 
 def _check_runs(sources: list[tuple[Path, Experiment]]) -> None:

@@ -200,10 +200,18 @@ def _series_style(name: str, index: int) -> tuple[str, str]:
     return _SERIES_STYLE.get(name, "d-"), f"C{index}"
 
 
+_AXIS_LABEL = {
+    "lam": "λ (penalty strength)",
+    "target_ratio": "target ratio ‖∇P‖/‖∇L_task‖ at calibration (λ = auto)",
+}
+
+
 def sweep_lambda_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Held-out metric vs λ (log axis): mean ± 95 % t-CI over seeds per series; plain LoRA
-    as a horizontal band (its mean ± CI). `doc` is sweep_tests.json."""
+    """Held-out metric vs λ, or vs the target ratio λ was calibrated to (log axis): mean ±
+    95 % t-CI over seeds per series; plain LoRA as a horizontal band (its mean ± CI). `doc`
+    is sweep_tests.json."""
     curve = doc["curve"]
+    axis = curve.get("axis", "lam")
     fig = Figure(figsize=(5.6, 3.9))
     ax = fig.add_subplot()
     lora = curve.get("lora")
@@ -216,7 +224,7 @@ def sweep_lambda_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     for i, (name, points) in enumerate(curve["series"].items()):
         style, color = _series_style(name, i)
         # a small offset along the log axis per series, so that error bars do not overlap
-        lams = np.array([p["lam"] for p in points]) * 10 ** (0.04 * (i - (count - 1) / 2))
+        lams = np.array([p[axis] for p in points]) * 10 ** (0.04 * (i - (count - 1) / 2))
         means = np.array([p["ci95"]["mean"] for p in points])
         lows = np.array(
             [p["ci95"]["low"] if p["ci95"]["low"] is not None else m for p, m in zip(points, means)]
@@ -239,19 +247,22 @@ def sweep_lambda_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
             label=f"{name} (n={n})",
         )
     ax.set_xscale("log")
-    ax.set_xlabel("λ (penalty strength)")
+    ax.set_xlabel(_AXIS_LABEL[axis])
     metric = curve["metric"].replace("final_eval_", "held-out ")
     ax.set_ylabel(f"{metric} (final epoch)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    ax.set_title("Accuracy vs λ: mean ± 95% CI over seeds", fontsize=10)
+    what = "λ" if axis == "lam" else "target ratio"
+    ax.set_title(f"Accuracy vs {what}: mean ± 95% CI over seeds", fontsize=10)
     return _save(fig, out_dir, "sweep_lambda_curve")
 
 
 def penalty_ratio_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """‖∇P‖/‖∇L_task‖ vs λ (log-log): how strongly the penalty acts; the dotted line is the
-    1e-2 level below which it barely changes training."""
+    """‖∇P‖/‖∇L_task‖ vs λ, or vs the target ratio (log-log): how strongly the penalty acts;
+    the dotted line is the 1e-2 level below which it barely changes training; with target
+    ratios, the dashed line is median = target."""
     curve = doc["curve"]
+    axis = curve.get("axis", "lam")
     fig = Figure(figsize=(5.6, 3.9))
     ax = fig.add_subplot()
     for i, (name, points) in enumerate(curve["series"].items()):
@@ -259,7 +270,7 @@ def penalty_ratio_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         pts = [p for p in points if p["penalty_grad_ratio"]]
         if pts:
             ax.plot(
-                [p["lam"] for p in pts],
+                [p[axis] for p in pts],
                 [p["penalty_grad_ratio"] for p in pts],
                 style,
                 color=color,
@@ -274,9 +285,12 @@ def penalty_ratio_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         va="bottom",
         fontsize=8,
     )
+    if axis == "target_ratio":
+        xs = sorted({p[axis] for points in curve["series"].values() for p in points})
+        ax.plot(xs, xs, "--", color="0.4", lw=1, label="median = target")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("λ (penalty strength)")
+    ax.set_xlabel(_AXIS_LABEL[axis])
     ax.set_ylabel("‖∇P‖ / ‖∇L_task‖ (median)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)

@@ -15,7 +15,7 @@ from fwlora.harness.errors import HarnessError
 from fwlora.harness.experiment import Experiment, load_experiment
 from fwlora.harness.metrics import primary_metric
 from fwlora.harness.output import MARKER
-from fwlora.harness.sweep import SWEEP_TESTS
+from fwlora.harness.sweep import SWEEP_TESTS, strength_text
 
 ARTEFACTS = ("metrics.json", "aggregated_metrics.json", "significance_tests.json")
 CAPTIONS = {
@@ -115,14 +115,14 @@ def _setup_items(exp: Experiment) -> list[str]:
     fisher = [r for r in exp.runs if r.get("fisher")]
     if fisher:
         ks = sorted({r["fisher"]["warmup_steps"] for r in fisher})
-        lams = sorted({r["config"]["fisher_lam"] for r in fisher})
+        lams = sorted({r["config"]["fisher_lam"] for r in fisher}, key=str)
         items.append(
             _li(
                 "FW-LoRA",
                 escape(
                     f"warm-up K = {', '.join(map(str, ks))} steps, EMA decay "
                     f"{fisher[0]['config']['fisher_alpha']:g}, λ = "
-                    f"{', '.join(f'{lam:g}' for lam in lams)}"
+                    f"{', '.join(lam if isinstance(lam, str) else f'{lam:g}' for lam in lams)}"
                 ),
             )
         )
@@ -241,7 +241,9 @@ def _sweep_items(exp: Experiment) -> list[str]:
                 f"; McNemar pooled over seeds b = {pooled['b']}, c = {pooled['c']}, "
                 f"p = {pooled['p_value']:.3g}"
             )
-        items.append(_li(f"{test['method']} vs l2-lora, λ = {test['lam']:g}", escape(text)))
+        axis = test.get("axis", "lam")
+        where = strength_text(axis, test[axis]).replace("=", " = ")
+        items.append(_li(f"{test['method']} vs l2-lora, {where}", escape(text)))
     return items
 
 

@@ -5,7 +5,10 @@ on ΔW": `l2-lora` is FW-LoRA with uniform importances (I_m = 1/M, the same pena
 the same total weight Σ(1 − I_m) = M − 1), so at each λ fw-lora and l2-lora differ only in
 where the penalty falls. Plain LoRA (no penalty) and AdaLoRA have no λ: one run per seed.
 
-Run labels: `lora`, `adalora`, `fw-lora-{normalization}-lam{λ}`, `l2-lora-lam{λ}`.
+Run labels: `lora`, `adalora`, `fw-lora-{normalization}-lam{λ}`, `l2-lora-lam{λ}`. With
+target ratios instead of λ (`--target-ratios`: fisher_lam "auto", λ calibrated per run so that
+‖∇P‖/‖∇L_task‖ = target at the first penalised step), `...-tr{target}` instead of `-lam{λ}`;
+the curve's axis is then the target ratio, and each point records its runs' calibrated λ.
 """
 
 from __future__ import annotations
@@ -25,27 +28,43 @@ from fwlora.harness.errors import HarnessError
 
 DEFAULT_METHODS = ("lora", "fw-lora", "l2-lora")
 DEFAULT_LAMS = (1e-4, 1e-2, 1e-1)
+MAX_TARGET_RATIO = 10.0
+# The curve's x axis: λ given by hand, or the target ratio λ was calibrated to.
+AXIS_TEXT = {"lam": "λ", "target_ratio": "target ratio"}
 DEFAULT_NORMALIZATIONS = ("sum",)
 GRID_NORMALIZATIONS = ("sum", "max")  # uniform is the l2-lora method, not a normalisation here
 
 
-def grid_label(method: str, lam: float | None = None, normalization: str | None = None) -> str:
-    """`lora`, `fw-lora-sum-lam0.01`, `l2-lora-lam0.01`."""
+def grid_label(
+    method: str,
+    lam: float | None = None,
+    normalization: str | None = None,
+    target_ratio: float | None = None,
+) -> str:
+    """`lora`, `fw-lora-sum-lam0.01`, `l2-lora-lam0.01`; `fw-lora-sum-tr0.1` with a target."""
+    if method not in ("fw-lora", "l2-lora"):
+        return method
+    strength = f"lam{lam:g}" if target_ratio is None else f"tr{target_ratio:g}"
     if method == "fw-lora":
-        return f"fw-lora-{normalization}-lam{lam:g}"
-    if method == "l2-lora":
-        return f"l2-lora-lam{lam:g}"
-    return method
+        return f"fw-lora-{normalization}-{strength}"
+    return f"l2-lora-{strength}"
 
 
-def _check_grid(lams: Sequence[float], normalizations: Sequence[str]) -> None:
+def strength_text(axis: str, value: float) -> str:
+    """`λ=0.01` or `target ratio=0.1`: a curve point's x in words."""
+    return f"{AXIS_TEXT[axis]}={value:g}"
+
+
+def _check_grid(
+    lams: Sequence[float], normalizations: Sequence[str], key: str = "lams", high: float = math.inf
+) -> None:
     if not lams:
-        raise HarnessError("lams: expected at least one λ")
+        raise HarnessError(f"{key}: expected at least one value")
     if not normalizations:
         raise HarnessError("normalizations: expected at least one of sum, max")
     for lam in lams:
-        if not lam > 0:
-            raise HarnessError(f"lams: expected numbers > 0, got {lam!r}")
+        if not 0 < lam <= high:
+            raise HarnessError(f"{key}: expected numbers in (0, {high:g}], got {lam!r}")
     for norm in normalizations:
         if norm not in GRID_NORMALIZATIONS:
             raise HarnessError(
@@ -53,7 +72,7 @@ def _check_grid(lams: Sequence[float], normalizations: Sequence[str]) -> None:
                 "control is the method l2-lora)"
             )
     if len(set(lams)) != len(lams) or len(set(normalizations)) != len(normalizations):
-        raise HarnessError("lams / normalizations: a value is given twice")
+        raise HarnessError(f"{key} / normalizations: a value is given twice")
 
 
 def plan_grid(
@@ -62,23 +81,33 @@ def plan_grid(
     lams: Sequence[float] = DEFAULT_LAMS,
     normalizations: Sequence[str] = DEFAULT_NORMALIZATIONS,
     seeds: Sequence[int] = (42,),
+    target_ratios: Sequence[float] | None = None,
 ) -> list[RunConfig]:
     """Every (method, λ, normalisation) of the grid for every seed, seed-major (so an
     interrupted sweep has whole seeds done). λ and normalisation apply only where they
     mean something: fw-lora takes both, l2-lora takes λ (its normalisation is uniform),
-    lora and adalora take neither."""
-    _check_grid(lams, normalizations)
+    lora and adalora take neither. With `target_ratios`, λ is "auto" (calibrated to each
+    target) instead of each of `lams`."""
+    strengths: list[tuple[dict[str, Any], float | None, float | None]]
+    if target_ratios is None:
+        _check_grid(lams, normalizations)
+        strengths = [({"fisher_lam": lam, "fisher_target_ratio": None}, lam, None) for lam in lams]
+    else:
+        _check_grid(target_ratios, normalizations, "target_ratios", MAX_TARGET_RATIO)
+        strengths = [
+            ({"fisher_lam": "auto", "fisher_target_ratio": t}, None, t) for t in target_ratios
+        ]
     cells: list[tuple[str, str | None, dict]] = []  # (method, variant, changes)
     for method in methods:
         if method == "fw-lora":
             for norm in normalizations:
-                for lam in lams:
-                    changes = {"fisher_lam": lam, "fisher_normalization": norm}
-                    cells.append((method, grid_label(method, lam, norm), changes))
+                for strength, lam, target in strengths:
+                    changes = {**strength, "fisher_normalization": norm}
+                    cells.append((method, grid_label(method, lam, norm, target), changes))
         elif method == "l2-lora":
-            for lam in lams:
-                changes = {"fisher_lam": lam, "fisher_normalization": None}
-                cells.append((method, grid_label(method, lam), changes))
+            for strength, lam, target in strengths:
+                changes = {**strength, "fisher_normalization": None}
+                cells.append((method, grid_label(method, lam, None, target), changes))
         else:
             cells.append((method, None, {}))
     return [
@@ -102,20 +131,41 @@ def _items(key: str, value: Any) -> list[Any]:
     return items
 
 
-def _lams(value: Any) -> list[float]:
+def _lams(value: Any, key: str = "lams", high: float = math.inf) -> list[float]:
     out = []
-    for item in _items("lams", value):
+    for item in _items(key, value):
         try:
             lam = float(item)
         except (TypeError, ValueError):
             lam = math.nan
-        if isinstance(item, bool) or not (math.isfinite(lam) and lam > 0):
-            raise HarnessError(f"lams: expected finite numbers > 0, got {item!r}")
+        if isinstance(item, bool) or not (math.isfinite(lam) and 0 < lam <= high):
+            what = "finite numbers > 0" if high == math.inf else f"numbers in (0, {high:g}]"
+            raise HarnessError(f"{key}: expected {what}, got {item!r}")
         out.append(lam)
     return out
 
 
-def sweep_lists(file: dict[str, Any], args: Any) -> dict[str, list[Any]]:
+def _strength_axis(file: dict[str, Any], args: Any) -> dict[str, Any]:
+    """lams or target_ratios (one or the other): from the flags if either is given there,
+    else from the config file, else the default λ."""
+    for where, layer in (
+        ("flags", {k: getattr(args, k, None) for k in ("lams", "target_ratios")}),
+        ("config file", file),
+    ):
+        lams, targets = layer.get("lams"), layer.get("target_ratios")
+        if lams is not None and targets is not None:
+            raise HarnessError(
+                f"lams / target_ratios: give one or the other (both in the {where}): λ by "
+                "hand, or λ calibrated to each target ratio"
+            )
+        if targets is not None:
+            return {"lams": None, "target_ratios": _lams(targets, "target_ratios", 10.0)}
+        if lams is not None:
+            return {"lams": _lams(lams), "target_ratios": None}
+    return {"lams": list(DEFAULT_LAMS), "target_ratios": None}
+
+
+def sweep_lists(file: dict[str, Any], args: Any) -> dict[str, Any]:
     """methods, seeds, lams, normalizations of `fwlora sweep`: flags over the config file
     over the defaults, each checked."""
 
@@ -134,7 +184,7 @@ def sweep_lists(file: dict[str, Any], args: Any) -> dict[str, list[Any]]:
     return {
         "methods": list(lists.methods),
         "seeds": list(lists.seeds),
-        "lams": _lams(pick("lams", DEFAULT_LAMS)),
+        **_strength_axis(file, args),
         "normalizations": norms,
     }
 
@@ -219,25 +269,51 @@ def _cell(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
 
 def lambda_curve(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Held-out metric (final epoch) per method series and λ, mean ± 95 % t-CI over seeds;
-    plain LoRA as one cell (its band). Series: fw-lora (sum), fw-lora (max), l2-lora."""
+    plain LoRA as one cell (its band). Series: fw-lora (sum), fw-lora (max), l2-lora.
+
+    `axis` is "target_ratio" when every penalised run calibrated λ to a target ratio
+    (fisher_lam "auto"): the points are then per target, with the calibrated λ of each seed
+    in `lams`; otherwise "lam" (an auto run among λ-runs sits at its calibrated λ)."""
     primary = runs[0].get("primary_metric", "acc") if runs else "acc"
     metric = f"final_eval_{primary}"
+    penalised = [
+        r for r in runs if r["method"] in ("fw-lora", "l2-lora") and (r.get("fisher") or {})
+    ]
+    auto = bool(penalised) and all(r["fisher"].get("target_ratio") for r in penalised)
+    axis = "target_ratio" if auto else "lam"
     cells: dict[tuple[str, float], list[dict[str, Any]]] = {}
     lora: list[dict[str, Any]] = []
     for run in runs:
         fisher = run.get("fisher") or {}
         if run["method"] == "lora":
             lora.append(run)
-        elif run["method"] in ("fw-lora", "l2-lora") and fisher.get("lam"):
+        elif any(run is r for r in penalised) and fisher.get(axis):
             name = _series_name(run["method"], fisher.get("normalization"))
-            cells.setdefault((name, float(fisher["lam"])), []).append(run)
+            cells.setdefault((name, float(fisher[axis])), []).append(run)
     series: dict[str, list[dict[str, Any]]] = {}
     order = {"fw-lora (sum)": 0, "fw-lora (max)": 1, "l2-lora": 3}
-    for (name, lam), members in sorted(
+    for (name, x), members in sorted(
         cells.items(), key=lambda kv: (order.get(kv[0][0], 2), kv[0][0], kv[0][1])
     ):
-        series.setdefault(name, []).append({"lam": lam, **_cell(members, metric)})
-    return {"metric": metric, "lora": _cell(lora, metric) if lora else None, "series": series}
+        point = {axis: x, **_cell(members, metric)}
+        if auto:  # the λ each seed's run calibrated (None: never calibrated)
+            point["lams"] = [r["fisher"].get("lam") for r in sorted(members, key=_seed)]
+        series.setdefault(name, []).append(point)
+    return {
+        "metric": metric,
+        "axis": axis,
+        "lora": _cell(lora, metric) if lora else None,
+        "series": series,
+    }
+
+
+def _seed(run: dict[str, Any]) -> int:
+    return int(run["seed"])
+
+
+def curve_axis(curve: dict[str, Any]) -> str:
+    """The x of a curve's points: "lam", or "target_ratio" (curves written before it: λ)."""
+    return str(curve.get("axis", "lam"))
 
 
 def _correct(run_dir: Path) -> np.ndarray:
@@ -251,13 +327,14 @@ def paired_fw_vs_l2(
     """fw-lora (each normalisation) vs l2-lora at each λ, pairing seeds: paired t and
     Wilcoxon over the seeds' final metric, McNemar per seed and pooled over seeds (from the
     runs' predictions.json, when `run_dirs` is given)."""
-    control = {p["lam"]: p for p in curve["series"].get("l2-lora", [])}
+    axis = curve_axis(curve)
+    control = {p[axis]: p for p in curve["series"].get("l2-lora", [])}
     tests = []
     for name, points in curve["series"].items():
         if name == "l2-lora":
             continue
         for point in points:
-            ref = control.get(point["lam"])
+            ref = control.get(point[axis])
             if ref is None:
                 continue
             seeds = [s for s in point["seeds"] if s in ref["seeds"]]
@@ -266,7 +343,8 @@ def paired_fw_vs_l2(
             test: dict[str, Any] = {
                 "method": name,
                 "control": "l2-lora",
-                "lam": point["lam"],
+                axis: point[axis],
+                "axis": axis,
                 "seeds": seeds,
                 "metric": curve["metric"],
                 "across_seeds": stats.paired_tests(a, b) if seeds else None,
@@ -298,6 +376,8 @@ def sweep_document(
         "ci": "mean ± 95 % t-interval over seeds (scipy.stats.t; null for one seed)",
         "penalty_grad_ratio": "median over seeds of each run's median ‖∇P‖/‖∇L_task‖ over "
         "its penalised steps",
+        "axis": "lam: λ given by hand; target_ratio: fisher_lam 'auto', λ calibrated so that "
+        "‖∇P‖/‖∇L_task‖ = target at the first penalised step (each seed's λ in 'lams')",
         "tests": {
             "across_seeds": "paired t-test and Wilcoxon signed-rank over seeds of "
             "fw-lora minus l2-lora (null when undefined)",
@@ -318,7 +398,11 @@ def _p(test: dict[str, Any] | None) -> str:
 def sweep_text(doc: dict[str, Any]) -> str:
     """Terminal lines: per series and λ, mean ± CI and the penalty ratio; then the tests."""
     curve = doc["curve"]
-    lines = [f"λ sweep ({curve['metric']}, mean ± 95% CI over seeds; r = ‖∇P‖/‖∇L_task‖):"]
+    axis = curve_axis(curve)
+    lines = [
+        f"{AXIS_TEXT[axis]} sweep ({curve['metric']}, mean ± 95% CI over seeds; "
+        "r = ‖∇P‖/‖∇L_task‖):"
+    ]
 
     def fmt(cell: dict[str, Any]) -> str:
         ci = cell["ci95"]
@@ -334,7 +418,16 @@ def sweep_text(doc: dict[str, Any]) -> str:
             ratio = point["penalty_grad_ratio"]
             r = "n/a" if ratio is None else f"{ratio:.2g}"
             weak = "  (penalty barely acts)" if ratio is not None and ratio < 1e-2 else ""
-            lines.append(f"  {name} λ={point['lam']:g}: {fmt(point)}, r={r}{weak}")
+            lams = point.get("lams")
+            calibrated = (
+                f", calibrated λ {', '.join('n/a' if v is None else f'{v:.2g}' for v in lams)}"
+                if lams
+                else ""
+            )
+            lines.append(
+                f"  {name} {strength_text(axis, point[axis])}: {fmt(point)}, r={r}{weak}"
+                f"{calibrated}"
+            )
     for name, points in curve["series"].items():
         w = series_weights(points)
         if w:
@@ -349,7 +442,7 @@ def sweep_text(doc: dict[str, Any]) -> str:
             "" if not pooled else f", McNemar pooled b={pooled['b']} c={pooled['c']} p={_p(pooled)}"
         )
         lines.append(
-            f"  {test['method']} − l2-lora at λ={test['lam']:g}: "
+            f"  {test['method']} − l2-lora at {strength_text(axis, test[axis])}: "
             f"Δ {across.get('mean_difference', float('nan')):+.4f} over {len(test['seeds'])} "
             f"seeds, paired t p={_p(across.get('paired_t'))}, "
             f"Wilcoxon p={_p(across.get('wilcoxon'))}{mc}"
