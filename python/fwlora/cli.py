@@ -60,6 +60,17 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
+# Settings a sweep sets per run (its axes), so not run-option flags of `fwlora sweep`.
+SWEEP_AXES = (
+    "method",
+    "seed",
+    "variant",
+    "fisher_lam",
+    "fisher_target_ratio",
+    "fisher_normalization",
+)
+
+
 def _flag_help(methods: tuple[str, ...]) -> dict[str, str]:
     return {
         "method": f"one of {', '.join(methods)}",
@@ -159,17 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalizations", help="fw-lora's, comma-separated: sum, max (default: sum)"
     )
     sweep.add_argument("--seeds", help="comma-separated (default: 42)")
-    _add_run_options(
-        sweep,
-        skip=(
-            "method",
-            "seed",
-            "variant",
-            "fisher_lam",
-            "fisher_target_ratio",
-            "fisher_normalization",
-        ),
-    )
+    _add_run_options(sweep, skip=SWEEP_AXES)
 
     ablation = command("ablation", help="the paper's FW-LoRA ablations: K, λ, no Fisher term")
     _add_output_options(ablation, "fwlora-ablation")
@@ -300,15 +301,7 @@ def cmd_sweep(args) -> None:
 
     file = read_config_file(args.config) if args.config else {}
     lists = sweep_lists(file, args)
-    skip = (
-        "method",
-        "seed",
-        "variant",
-        "fisher_lam",
-        "fisher_target_ratio",
-        "fisher_normalization",
-    )
-    base = config_from(args.config, _overrides(args, skip=skip))
+    base = config_from(args.config, _overrides(args, skip=SWEEP_AXES))
     started = time.perf_counter()
     configs = plan_grid(
         base,
