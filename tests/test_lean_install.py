@@ -47,6 +47,7 @@ CORE_RUNTIME = {"torch", "numpy", "peft"}
 def _run(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     blocker = (
         f"import sys\nBLOCKED = {HARNESS_ONLY!r}\nfor m in BLOCKED:\n    sys.modules[m] = None\n"
+        f"TESTS = {str(ROOT / 'tests')!r}\n"
     )
     script = tmp_path / "lean.py"
     script.write_text(blocker + textwrap.dedent(code))
@@ -82,19 +83,10 @@ def test_optimizer_works_without_the_harness_dependencies(tmp_path):
         )
 
         import torch
-        from peft import LoraConfig, get_peft_model
+        sys.path.insert(0, TESTS)
+        from smoke_wheel import tiny_lora_net  # the wheel smoke test's model
 
-        class Net(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.up, self.down = torch.nn.Linear(8, 16), torch.nn.Linear(16, 1)
-
-            def forward(self, x):
-                return self.down(torch.relu(self.up(x)))
-
-        torch.manual_seed(0)
-        config = LoraConfig(r=2, target_modules=["up", "down"], init_lora_weights=False)
-        model = get_peft_model(Net(), config)
+        model = tiny_lora_net()
         opt = FisherAdamW(model, lr=1e-2, warmup=2, lam=0.5)
         x = torch.randn(6, 8)
         for _ in range(4):
@@ -133,9 +125,26 @@ def test_cli_names_the_missing_extra(tmp_path):
     )
     assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
     assert "Traceback" not in result.stderr
-    assert "pip install fwlora[harness]" in result.stderr
+    assert 'pip install "fwlora[harness]"' in result.stderr
     assert any(f"missing: {m}" in result.stderr for m in HARNESS_ONLY), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_version_needs_no_harness(tmp_path):
+    result = _run(
+        """
+        import fwlora
+        from fwlora.cli import main
+
+        code = main(["--version"])
+        print("blocked loaded:", [m for m in BLOCKED if sys.modules.get(m) is not None])
+        sys.exit(code)
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("fwlora ") and lines[1] == "blocked loaded: []"
 
 
 def test_runtime_dependencies_are_the_optimizers_only():

@@ -128,11 +128,20 @@ def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def _version_line() -> str:
+    from fwlora import __version__
+
+    return f"fwlora {__version__}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fwlora",
         description="Fisher-Weighted LoRA experiments: runs, artefacts, figures and a report.",
         allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--version", action="version", version=_version_line(), help="print the version and exit"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -410,7 +419,7 @@ def _missing_extra(exc: ModuleNotFoundError) -> int:
     if root not in _HARNESS_MODULES:
         raise exc
     print(
-        f"fwlora: the harness needs `pip install fwlora[harness]` (missing: {root})",
+        f'fwlora: the harness needs `pip install "fwlora[harness]"` (missing: {root})',
         file=sys.stderr,
     )
     return 2
@@ -437,13 +446,17 @@ def _sigterm_as_interrupt(received: list[int]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # answered without the harness, so a lean install has it too
+        print(_version_line())
+        return 0
     try:
         from fwlora.harness.errors import HarnessError, Interrupted
 
         parser = build_parser()
     except ModuleNotFoundError as exc:
         return _missing_extra(exc)
-    argv = _join_negative_numbers(parser, list(sys.argv[1:] if argv is None else argv))
+    argv = _join_negative_numbers(parser, argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, its line already printed)

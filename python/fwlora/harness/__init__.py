@@ -11,7 +11,8 @@ output (the output folder: staging, marker, replacement), train (the run loop), 
 evaluation, checkpoint (for --resume), resources (device, threads, peak memory), progress
 (bars or plain lines), metrics (one evaluation), stats (significance tests), artefacts (JSON
 artefacts), plots (figures), experiment (many runs), report (static page), demo (the offline
-demo). The tiny offline model and data of the tests live in tests/tiny.py.
+demo), quiet (third-party import-time noise kept off the output). The tiny offline model and
+data of the tests live in tests/tiny.py.
 """
 
 from fwlora.harness.config import METHODS, RunConfig, build_config, read_config_file
@@ -26,8 +27,12 @@ from fwlora.harness.experiment import (
     run_experiment,
     summary_table,
 )
+from fwlora.harness.quiet import quiet_import_probes
 from fwlora.harness.report import build_report
 from fwlora.harness.train import train_run
+
+# Importing the harness imports no peft, so this comes before peft (and bitsandbytes) load.
+quiet_import_probes()
 
 __all__ = [
     "METHODS",

