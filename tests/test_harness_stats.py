@@ -109,3 +109,23 @@ def test_bootstrap_ci_of_identical_predictions_is_a_point():
     a = np.array([[True, False, True]])
     result = stats.bootstrap_difference_ci(a, a)
     assert result["low"] == result["high"] == result["estimate"] == 0.0
+
+
+def test_holm_adjusts_in_order_and_skips_none():
+    holm = stats.holm
+    # sorted 0.01, 0.02, 0.04 → 3·0.01, 2·0.02, max(0.04, 0.04): returned in input order.
+    assert holm([0.04, None, 0.01, 0.02]) == pytest.approx([0.04, None, 0.03, 0.04], nan_ok=True)
+    assert holm([0.5, 0.6]) == [1.0, 1.0]
+
+
+def test_min_detectable_difference_has_80_percent_power_by_simulation():
+    sd, n = 0.01, 10
+    delta = stats.min_detectable_difference(sd, n)
+    # The textbook approximation (z_{α/2} + z_β)·sd/√n is a little below the exact value.
+    assert 0.0089 < delta < 0.0105
+    rng = np.random.default_rng(0)
+    diffs = rng.normal(delta, sd, size=(20000, n))
+    t = diffs.mean(1) / (diffs.std(1, ddof=1) / np.sqrt(n))
+    rejected = np.abs(t) > sps.t.ppf(0.975, n - 1)
+    assert rejected.mean() == pytest.approx(0.8, abs=0.01)
+    assert stats.min_detectable_difference(sd, 1) is None

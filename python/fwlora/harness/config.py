@@ -52,7 +52,17 @@ TRUNCATION_SIDES = ("right", "left")
 # Keys whose change does not alter what a run computes (so --resume accepts them).
 NON_RESULT_KEYS = frozenset({"output_dir", "quiet", "overwrite", "resume"})
 # Keys a config file may hold besides RunConfig's: the lists of multi-run commands.
-LIST_KEYS = {"methods", "seeds", "lams", "target_ratios", "normalizations", "ks"}
+LIST_KEYS = {
+    "methods",
+    "seeds",
+    "lams",
+    "target_ratios",
+    "normalizations",
+    "ks",
+    "k",
+    "fraction",
+    "rank_by",
+}
 
 
 # ------------------------------------------------------------------ field types

@@ -16,6 +16,7 @@ from fwlora.harness.experiment import Experiment, load_experiment
 from fwlora.harness.metrics import primary_metric
 from fwlora.harness.output import MARKER
 from fwlora.harness.sweep import SWEEP_TESTS, strength_text
+from fwlora.harness.targeting import FIGURE_STEM, TARGETING_FILE, summary_lines
 
 ARTEFACTS = ("metrics.json", "aggregated_metrics.json", "significance_tests.json")
 CAPTIONS = {
@@ -247,6 +248,27 @@ def _sweep_items(exp: Experiment) -> list[str]:
     return items
 
 
+def _targeting_section(exp: Experiment, figures: _Figures, heading: str) -> str:
+    """The premise test (`fwlora targeting`): its summary and figure, if this is one."""
+    path = exp.out_dir / TARGETING_FILE
+    if not path.is_file():
+        return ""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    lines = "".join(f"<li>{escape(line.strip())}</li>" for line in summary_lines(doc))
+    figure = figures.figure(
+        exp.out_dir / "figures" / f"{FIGURE_STEM}.png",
+        f"Held-out accuracy (final epoch) of plain LoRA on only the TOP-{doc['k']}, "
+        f"RANDOM-{doc['k']} (TOP's LoRA parameter count within 5 %) and BOTTOM-{doc['k']} "
+        "matrices by the warm-up's F_m; grey lines join one seed's three models, red is the "
+        "mean (higher is better).",
+    )
+    return (
+        f"<section><h2>Premise test{escape(heading)}</h2>"
+        "<p>Do the warm-up Fisher scores say where LoRA capacity matters? Paired over seeds "
+        f"(paired t-test and Wilcoxon signed-rank).</p><ul>{lines}</ul>{figure}</section>"
+    )
+
+
 def _results_figures(exp: Experiment, figures: _Figures) -> list[str]:
     fig_dir = exp.out_dir / "figures"
     out = [
@@ -351,7 +373,8 @@ def build_report(
         heading = f" ({exp.out_dir.name})" if len(experiments) > 1 else ""
         data_dir = site / "data" / f"{prefix}{exp.out_dir.name}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        names = [*ARTEFACTS, *([SWEEP_TESTS] if (exp.out_dir / SWEEP_TESTS).is_file() else [])]
+        extra = [n for n in (SWEEP_TESTS, TARGETING_FILE) if (exp.out_dir / n).is_file()]
+        names = [*ARTEFACTS, *extra]
         for name in names:
             shutil.copyfile(exp.out_dir / name, data_dir / name)
         figures = _Figures(site, prefix)
@@ -389,6 +412,9 @@ def build_report(
             f"{''.join(_results_figures(exp, figures))}"
             "</section>"
         )
+        premise = _targeting_section(exp, figures, heading)
+        if premise:
+            parts.append(premise)
         figure_count = figures.count
         sig = _significance_items(exp) + _sweep_items(exp)
         parts.append(

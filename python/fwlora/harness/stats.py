@@ -3,6 +3,7 @@ and a bootstrap confidence interval of the accuracy difference."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -95,3 +96,40 @@ def bootstrap_difference_ci(
     )
     ci = res.confidence_interval
     return {**result, "low": float(ci.low), "high": float(ci.high)}
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm–Bonferroni adjusted p-values of a family, in the given order (None stays None
+    and does not count as a member)."""
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m = len(present)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))  # monotone in the sorted order
+        adjusted[i] = running
+    return adjusted
+
+
+def min_detectable_difference(
+    sd: float, n: int, alpha: float = 0.05, power: float = 0.8
+) -> float | None:
+    """The smallest true mean paired difference a two-sided paired t-test at `alpha` detects
+    with probability `power`, given n pairs whose differences have standard deviation `sd`
+    (exact, from the noncentral t distribution). None for fewer than two pairs."""
+    if n < 2 or not sd > 0:
+        return None
+    df = n - 1
+    crit = float(stats.t.ppf(1 - alpha / 2, df))
+
+    def power_at(delta: float) -> float:
+        nc = delta * math.sqrt(n) / sd
+        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+    low, high = 0.0, sd
+    while power_at(high) < power:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if power_at(mid) < power else (low, mid)
+    return high
