@@ -335,7 +335,7 @@ def _one_line(err, command):
     assert err.startswith(f"fwlora {command}: error:") and err.count("\n") == 1, err
 
 
-def _start(tiny, out, epochs):
+def _start(tiny, out, epochs, stdout=None):
     """`fwlora train` in a child process, as a user (or a cluster's scheduler) runs it."""
     import os
     import subprocess
@@ -349,9 +349,8 @@ def _start(tiny, out, epochs):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     argv = [sys.executable, "-m", "fwlora.cli", "train", "-o", str(out)]
     argv += settings_flags(tiny | {"epochs": epochs})
-    return subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    stdout = subprocess.PIPE if stdout is None else stdout
+    return subprocess.Popen(argv, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_checkpoint(process, parent, pattern):
@@ -416,3 +415,124 @@ def test_resume_names_a_killed_run_it_cannot_tell_from_the_output(tiny, finished
     assert f"left its checkpoint in {orphan.name}; to continue that run, move {old} away" in err
     _one_line(err, "train")
     assert _snapshot(old) == before and orphan.is_dir()
+
+
+# ------------------------------------ issue 18, item 9: one line instead of a traceback
+def _no_space(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device", "/full/disk/file")
+
+
+def test_a_full_disk_at_the_first_checkpoint_is_one_line(tiny, tmp_path, monkeypatch, capsys):
+    import fwlora.harness.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint.torch, "save", _no_space)
+    out = tmp_path / "out"
+    assert _train(tiny, out) == 2
+    err = capsys.readouterr().err
+    assert "error: No space left on device (" in err and "checkpoint.tmp)" in err
+    assert f"nothing was written ({out} was not created)" in err
+    _one_line(err, "train")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_after_the_runs_keeps_them_for_resume(tiny, tmp_path, monkeypatch, capsys):
+    import fwlora.harness.artefacts as artefacts
+
+    monkeypatch.setattr(artefacts, "write_json", _no_space)
+    out = tmp_path / "out"
+    assert _train(tiny, out, epochs=1) == 2
+    err = capsys.readouterr().err
+    assert "error: No space left on device (/full/disk/file); kept in " in err
+    assert "1 finished run(s); continue with the same settings and --resume once" in err
+    _one_line(err, "train")
+    monkeypatch.undo()
+    assert _train(tiny, out, "--resume", epochs=1) == 0
+    assert (out / "metrics.json").is_file()
+
+
+def test_a_damaged_checkpoint_on_resume_is_one_line(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    _interrupt_at_step(monkeypatch, 8)  # epoch 1 checkpointed
+    assert _train(tiny, out) == 130
+    monkeypatch.undo()
+    checkpoint = out / "runs" / RUN / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a copy cut short
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert _train(tiny, out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert f"{checkpoint}: damaged or truncated (" in err
+    assert f"delete it to train run {RUN} again from its start" in err
+    _one_line(err, "train")
+    assert _snapshot(out) == before
+    checkpoint.unlink()  # as the line says
+    assert _train(tiny, out, "--resume") == 0
+
+
+@pytest.mark.parametrize(
+    ("damaged", "command", "fix"),
+    [
+        (f"runs/{RUN}/metrics.json", "train", "delete the run folder"),
+        ("experiment.yaml", "train", "restore it, or delete it to continue"),
+        ("aggregated_metrics.json", "report", "write it again with --resume"),
+    ],
+)
+def test_damaged_files_are_one_line(tiny, finished, tmp_path, capsys, damaged, command, fix):
+    old = _copy(finished, tmp_path)
+    path = old / damaged
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    before = _snapshot(old)
+    if command == "train":
+        assert _train(tiny, old, "--resume", epochs=1) == 2
+    else:
+        assert main(["report", str(old), "-o", str(tmp_path / "site")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: damaged or truncated (" in err and fix in err
+    _one_line(err, command)
+    assert _snapshot(old) == before
+
+
+def test_config_files_malformed_or_with_a_bom(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\nlr: 3\n")
+    assert main(["train", "--config", str(bad), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"config file {bad}: cannot parse: expected ',' or ']', but got ':' (line 2, " in err
+    _one_line(err, "train")
+    bom = tmp_path / "bom.json"
+    bom.write_text('{"epochs": "one"}', encoding="utf-8-sig")
+    assert main(["train", "--config", str(bom), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "epochs: expected an integer >= 1, got 'one'" in err  # read past the BOM
+    _one_line(err, "train")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "bom.json"]
+
+
+def test_a_huge_warmup_is_a_value_error_not_an_overflow(tmp_path, capsys):
+    from fwlora.optim.options import FisherOptions
+
+    with pytest.raises(ValueError, match=r"invalid `warmup`: expected an integer below 2\*\*63"):
+        FisherOptions(warmup=2**70)
+    assert main(["train", "--fisher-warmup", str(2**70), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "fisher_warmup: expected an integer below 2**63" in err
+    _one_line(err, "train")
+
+
+def test_a_reader_that_goes_away_stops_nothing(tiny, tmp_path):
+    """`fwlora train ... | head -1`: the run goes on and finishes; no traceback."""
+    import os
+
+    out = tmp_path / "out"
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the first line
+    try:
+        process = _start({k: v for k, v in tiny.items() if k != "quiet"}, out, 2, stdout=write)
+    finally:
+        os.close(write)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert (out / "metrics.json").is_file() and (out / "report" / "index.html").is_file()

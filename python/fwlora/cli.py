@@ -1,10 +1,11 @@
 """`fwlora`: train / compare / sweep / report / demo — a thin shell over fwlora.harness.
 
 Every flag arrives as text and is validated, with the config file's settings, by the
-harness's one schema (`fwlora.harness.config`). Every user error ends the command with exit
-status 2 and one line on stderr, never a traceback. The harness's dependencies are imported
-only when a command runs, so a lean install (`pip install fwlora`) gets a line naming the
-extra to install instead of an ImportError.
+harness's one schema (`fwlora.harness.config`). Every user error (and a machine's: a full
+disk, a read-only folder) ends the command with exit status 2 and one line on stderr, never a
+traceback; Ctrl-C exits 130 and SIGTERM 143, each saying what was kept. The harness's
+dependencies are imported only when a command runs, so a lean install (`pip install fwlora`)
+gets a line naming the extra to install instead of an ImportError.
 """
 
 from __future__ import annotations
@@ -273,11 +274,15 @@ def _join_negative_numbers(parser: argparse.ArgumentParser, argv: list[str]) -> 
 def _finish(exp, started: float, write_report: bool = True, extra: str = "") -> None:
     from fwlora.harness import build_report, summary_table
     from fwlora.harness.errors import Interrupted
+    from fwlora.harness.progress import write_line
 
-    print()
-    print(summary_table(exp))
+    def out(text: str) -> None:  # a reader that has gone (`| head`) stops nothing here
+        write_line(text, "stdout")
+
+    out("")
+    out(summary_table(exp))
     if extra:
-        print(extra)
+        out(extra)
     if write_report:
         try:
             index = build_report([exp.out_dir], exp.out_dir / "report")
@@ -286,12 +291,12 @@ def _finish(exp, started: float, write_report: bool = True, extra: str = "") -> 
                 f"the experiment is complete in {exp.out_dir}, but its report was not "
                 f"written; write it with `fwlora report {exp.out_dir}`"
             ) from None
-        print(f"\nreport: {index}")
-    print(
+        out(f"\nreport: {index}")
+    out(
         f"artefacts: {exp.out_dir} (metrics.json, aggregated_metrics.json, "
         f"significance_tests.json, figures/)"
     )
-    print(f"wall time: {time.perf_counter() - started:.1f} s")
+    out(f"wall time: {time.perf_counter() - started:.1f} s")
 
 
 def cmd_train(args) -> None:
@@ -425,6 +430,7 @@ def cmd_report(args) -> None:
 def cmd_demo(args) -> None:
     from fwlora.harness.config import run_lists
     from fwlora.harness.demo import DEMO_METHODS, DEMO_SETTINGS, demo_config, run_demo
+    from fwlora.harness.progress import write_line
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -445,11 +451,12 @@ def cmd_demo(args) -> None:
     fisher = [r["fisher"] for r in exp.runs if r.get("fisher")]
     if fisher:
         run = next(r for r in exp.runs if r.get("fisher"))
-        print(
+        write_line(
             f"\nFW-LoRA warm-up: K = {fisher[0]['warmup_steps']} of {run['total_steps']} steps "
             f"({DEMO_SETTINGS['fisher_warmup_fraction']:.0%} of the run: the paper's K = 500 "
             "exceeds this small run); importances frozen after step K "
-            f"(phase at end: {fisher[0]['phase']})."
+            f"(phase at end: {fisher[0]['phase']}).",
+            "stdout",
         )
     _finish(exp, started)
 
@@ -524,6 +531,19 @@ def main(argv: list[str] | None = None) -> int:
         return _missing_extra(exc)
     except HarnessError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `fwlora ... | head`: the work is done, its reader has gone
+        from fwlora.harness.progress import detach
+
+        detach("stdout")
+        return 0
+    except OSError as exc:
+        from fwlora.harness.errors import environment_error
+
+        problem = environment_error(exc)
+        if problem is None:
+            raise
+        print(f"{name}: error: {problem}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         how = "terminated (SIGTERM)" if received else "interrupted"

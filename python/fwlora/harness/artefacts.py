@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fwlora.harness import stats
+from fwlora.harness.errors import read_saved
 
 METRICS_SCHEMA = "fwlora.metrics/1"
 AGGREGATED_SCHEMA = "fwlora.aggregated-metrics/1"
@@ -75,8 +76,10 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"schema": AGGREGATED_SCHEMA, "std": "sample (ddof=1)", "groups": groups}
 
 
-def _correct(run_dir: Path) -> np.ndarray:
-    pred = json.loads((run_dir / "predictions.json").read_text())
+def correct_predictions(run_dir: Path) -> np.ndarray:
+    """Per evaluation example: did the run's final epoch classify it correctly."""
+    fix = f"delete the run folder {run_dir} to train that run again"
+    pred = read_saved(run_dir / "predictions.json", lambda p: json.loads(p.read_text()), fix)
     return np.asarray(pred["final"]) == np.asarray(pred["labels"])
 
 
@@ -101,7 +104,10 @@ def significance(
             continue
         per_seed, correct_a, correct_b = [], [], []
         for run, ref in pairs:
-            ca, cb = _correct(run_dirs[run["run"]]), _correct(run_dirs[ref["run"]])
+            ca, cb = (
+                correct_predictions(run_dirs[run["run"]]),
+                correct_predictions(run_dirs[ref["run"]]),
+            )
             if ca.shape != cb.shape:
                 continue  # different evaluation sets: no paired test
             correct_a.append(ca)

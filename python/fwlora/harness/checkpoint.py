@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fwlora.harness.errors import HarnessError, read_saved
+
 CHECKPOINT = "checkpoint.pt"
 PARTIAL_PREDICTIONS = "predictions.partial.json"
 
@@ -44,12 +46,36 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict[str,
             "rank_pattern": next(iter(model.peft_config.values())).rank_pattern,
         }
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    try:
+        # Through a file object: a full disk is an OSError (ENOSPC), not torch's RuntimeError.
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(tmp)) from exc
     tmp.replace(path)  # atomic: an interruption never leaves a half-written checkpoint
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+STATE_KEYS = ("trainable", "optimizer", "scheduler", "progress", "rng")
+
+
+def _load_state(path: Path) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=False)
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    int(state["progress"]["epoch"])
+    return state
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    return read_saved(
+        path, _load_state, f"delete it to train run {path.parent.name} again from its start"
+    )
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+    state = _read_state(path)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in state["trainable"].items():
@@ -78,14 +104,23 @@ def load_partial_predictions(run_dir: Path) -> tuple[np.ndarray, np.ndarray] | N
     path = run_dir / PARTIAL_PREDICTIONS
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())
+    saved = read_saved(
+        path, _load_predictions, f"delete the run folder {run_dir} to train it again"
+    )
     return np.array(saved["best"]), np.array(saved["final"])
 
 
+def _load_predictions(path: Path) -> dict[str, Any]:
+    saved = json.loads(path.read_text())
+    return {"best": saved["best"], "final": saved["final"]}
+
+
 def checkpoint_epoch(run_dir: Path) -> int | None:
-    """The last epoch a run's checkpoint holds (None: no checkpoint)."""
+    """The last epoch a run's checkpoint holds (None: no checkpoint, or a damaged one)."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return int(state["progress"]["epoch"])
+    try:
+        return int(_read_state(path)["progress"]["epoch"])
+    except HarnessError:
+        return None

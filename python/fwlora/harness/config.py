@@ -392,7 +392,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"config file {path}: not found")
-    text = path.read_text(encoding="utf-8")
+    try:  # UTF-8, with or without the byte-order mark some editors write
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise HarnessError(
+            f"config file {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     suffix = path.suffix.lower()
     try:
         if suffix in {".yaml", ".yml"}:
@@ -406,10 +411,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 f"config file {path}: unknown format {suffix!r}; use .yaml, .yml, .toml or .json"
             )
     except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"config file {path}: cannot parse: {exc}") from None
+        raise HarnessError(f"config file {path}: cannot parse: {_parse_error(exc)}") from None
     if not isinstance(data, dict):
         raise HarnessError(f"config file {path}: expected a mapping of settings")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _parse_error(exc: Exception) -> str:
+    """One line for a parser's error: what it expected, and where (line, column)."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
 
 
 def build_config(*layers: dict[str, Any] | None) -> RunConfig:

@@ -30,10 +30,10 @@ import yaml
 from fwlora.harness import artefacts, plots
 from fwlora.harness.config import LIST_KEYS, RunConfig, build_config, result_settings
 from fwlora.harness.data import TaskData
-from fwlora.harness.errors import HarnessError, Interrupted
+from fwlora.harness.errors import HarnessError, Interrupted, environment_error, read_saved
 from fwlora.harness.output import Staging, check_output
 from fwlora.harness.preflight import data_key, preflight
-from fwlora.harness.progress import steps
+from fwlora.harness.progress import say, steps
 from fwlora.harness.train import penalty_message, planned_run_name, train_run
 
 PLAN_FILE = "experiment.yaml"
@@ -101,7 +101,8 @@ def _check_plan(out_dir: Path, configs: list[RunConfig], resume: bool) -> None:
     plan = [result_settings(c) for c in configs]
     path = out_dir / PLAN_FILE
     if resume and path.is_file():
-        saved = yaml.safe_load(path.read_text())
+        fix = "restore it, or delete it to continue with the settings given now"
+        saved = read_saved(path, lambda p: dict(yaml.safe_load(p.read_text())), fix)
         if saved.get("runs") != plan:
             raise HarnessError(
                 f"output {out_dir}: --resume needs the same settings as the interrupted "
@@ -131,7 +132,7 @@ def run_experiment(
     check_output(out_dir, overwrite, resume)
     staging = Staging(out_dir, resume)
     if staging.adopted is not None:
-        print(f"resuming the run killed while writing {staging.adopted.name} (moved to {out_dir})")
+        say(f"resuming the run killed while writing {staging.adopted.name} (moved to {out_dir})")
     try:
         _check_plan(staging.path, configs, resume)
         runs, run_dirs = _train_all(configs, staging.path, data, resume)
@@ -166,6 +167,14 @@ def _stopped_early(staging: Staging, exc: BaseException) -> None:
     """Keeps what an interrupted or failed experiment finished (for --resume), removes the
     rest, and says so truly: an Interrupted for Ctrl-C, a note on any other error."""
     kept = staging.kept()
+    problem = environment_error(exc)
+    if problem is not None:  # a full disk, a quota...: one line that says what was kept
+        left = (
+            f"{kept.describe()}; continue with the same settings and --resume once that is fixed"
+            if kept is not None
+            else staging.nothing_kept()
+        )
+        raise HarnessError(f"{problem}; {left}") from None
     if isinstance(exc, KeyboardInterrupt):
         if kept is None:
             message = (
@@ -206,8 +215,15 @@ def _finished_run(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "metrics.json"
     if not path.is_file():
         return None
-    metrics = json.loads(path.read_text())
+    fix = f"delete the run folder {run_dir} to train that run again"
+    metrics = read_saved(path, lambda p: dict(json.loads(p.read_text())), fix)
     return metrics if metrics.get("status") == "complete" else None
+
+
+def _artefact(path: Path) -> Any:
+    return read_saved(
+        path, lambda p: json.loads(p.read_text()), "write it again with --resume (same settings)"
+    )
 
 
 def write_experiment(
@@ -233,7 +249,7 @@ def load_experiment(out_dir: Path) -> Experiment:
             f"{out_dir}: not a finished experiment directory (missing {', '.join(missing)}); "
             "give directories written by `fwlora train`, `compare`, `sweep` or `demo`"
         )
-    runs = list(json.loads((out_dir / "metrics.json").read_text())["runs"].values())
+    runs = list(_artefact(out_dir / "metrics.json")["runs"].values())
     run_dirs = {}
     for slot in sorted((out_dir / "runs").glob("*")):
         m = _finished_run(slot)
@@ -243,8 +259,8 @@ def load_experiment(out_dir: Path) -> Experiment:
         out_dir,
         runs,
         run_dirs,
-        json.loads((out_dir / "aggregated_metrics.json").read_text()),
-        json.loads((out_dir / "significance_tests.json").read_text()),
+        _artefact(out_dir / "aggregated_metrics.json"),
+        _artefact(out_dir / "significance_tests.json"),
         sorted((out_dir / "figures").glob("*")),
     )
 

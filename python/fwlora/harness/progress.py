@@ -8,6 +8,7 @@ seconds. Messages (`say`) go to stdout either way.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,11 +44,8 @@ class _PlainProgress(Generic[T]):
             if now - last >= PLAIN_INTERVAL_SEC and i < total:
                 last = now
                 extra = f", {self.postfix}" if self.postfix else ""
-                print(
-                    f"{self.desc}: {i}/{total} {self.unit}s ({100 * i / total:.0f}%){extra}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                line = f"{self.desc}: {i}/{total} {self.unit}s ({100 * i / total:.0f}%){extra}"
+                write_line(line, "stderr")
 
 
 class _Silent(Generic[T]):
@@ -78,7 +76,28 @@ def say(message: str, quiet: bool = False) -> None:
     if interactive():
         tqdm.write(message)
     else:
-        print(message, flush=True)
+        write_line(message, "stdout")
+
+
+def write_line(message: str, stream: str) -> None:
+    """One line on sys.stdout or sys.stderr. When the reader has gone (`fwlora ... | head`),
+    later lines go nowhere and the run goes on: output is not what a run is for."""
+    try:
+        print(message, file=getattr(sys, stream), flush=True)
+    except BrokenPipeError:
+        detach(stream)
+
+
+def detach(stream: str) -> None:
+    """Points a stream whose reader has gone at the null device (also for the interpreter's
+    last flush at exit, which would otherwise print 'Exception ignored ... BrokenPipeError')."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, getattr(sys, stream).fileno())
+    except (OSError, ValueError):  # not a real file (a test's capture): replace the object
+        setattr(sys, stream, open(os.devnull, "w"))  # noqa: SIM115 - lives as long as sys
+    finally:
+        os.close(null)
 
 
 def library_bars_off() -> None:

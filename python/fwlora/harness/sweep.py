@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from fwlora.harness import stats
+from fwlora.harness.artefacts import correct_predictions
 from fwlora.harness.config import RunConfig, run_lists
 from fwlora.harness.errors import HarnessError
 
@@ -316,11 +317,6 @@ def curve_axis(curve: dict[str, Any]) -> str:
     return str(curve.get("axis", "lam"))
 
 
-def _correct(run_dir: Path) -> np.ndarray:
-    pred = json.loads((run_dir / "predictions.json").read_text())
-    return np.asarray(pred["final"]) == np.asarray(pred["labels"])
-
-
 def paired_fw_vs_l2(
     curve: dict[str, Any], run_dirs: dict[str, Path] | None = None
 ) -> list[dict[str, Any]]:
@@ -354,8 +350,8 @@ def paired_fw_vs_l2(
             if run_dirs is not None and seeds:
                 per_seed, all_a, all_b = [], [], []
                 for s in seeds:
-                    ca = _correct(run_dirs[point["runs"][point["seeds"].index(s)]])
-                    cb = _correct(run_dirs[ref["runs"][ref["seeds"].index(s)]])
+                    ca = correct_predictions(run_dirs[point["runs"][point["seeds"].index(s)]])
+                    cb = correct_predictions(run_dirs[ref["runs"][ref["seeds"].index(s)]])
                     per_seed.append({"seed": s, **stats.mcnemar(ca, cb)})
                     all_a.append(ca)
                     all_b.append(cb)

@@ -142,6 +142,8 @@ def _check(f: dataclasses.Field, value: Any) -> None:
         ok, what = isinstance(value, bool), "True or False"
     elif kind == "int":
         ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        if ok and abs(value) >= 2**63:  # the core and torch's generators hold 64 bits
+            ok, what = False, "an integer below 2**63"
     elif kind == "float":
         ok = (
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
