@@ -1,0 +1,31 @@
+#!/bin/bash
+# The study of docs/study (issue 16), resumable: run from the repository root.
+#   docs/study/run_study.sh            # starts (or resumes) every part in the background, niced
+# Parts (each an ordinary fwlora experiment under runs/, continued with --resume):
+#   runs/study-a, runs/study-b   the λ sweep, odd / even seeds (merged by aggregate.sh)
+#   runs/premise                 fwlora targeting, k = 9 of 36, both rankings
+# Logs: runs/<part>.log. Aggregate and rebuild the page: docs/study/aggregate.sh
+set -u
+cd "$(dirname "$0")/../.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PY:-python}
+SET=(--model minilm-l6 --task drugreview3 --epochs 3 --max-length 64 --truncation-side left
+     --fisher-warmup 30 --lr 1e-3 --batch-size 16 --modules-to-save classifier,pooler
+     --num-threads 1 --quiet)
+GRID=(--methods lora,fw-lora,l2-lora --target-ratios 0.03,0.1,0.3 --normalizations sum,max)
+mkdir -p runs
+part() {  # part NAME ARGS...: fresh, or --resume where a previous start left the folder
+  local name=$1; shift
+  local mode=()
+  [ -d "runs/$name" ] && mode=(--resume)
+  nohup nice -n 19 "$PY" -m fwlora.cli "$@" "${SET[@]}" -o "runs/$name" "${mode[@]}" \
+    >> "runs/$name.log" 2>&1 &
+  echo "$name: pid $! (log runs/$name.log)"
+}
+case "${1:-all}" in
+  sweep|all)
+    part study-a sweep "${GRID[@]}" --seeds 1,3,5,7,9
+    part study-b sweep "${GRID[@]}" --seeds 2,4,6,8,10 ;;&
+  premise|all)
+    part premise targeting --k 9 --rank-by fisher,per-weight --seeds 1,2,3,4,5,6,7,8,9,10 ;;
+esac
