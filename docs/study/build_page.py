@@ -32,6 +32,7 @@ from fwlora.harness.targeting import (
 )
 
 PLANNED_SEEDS = 10
+GRID_CONFIGS = 10  # lora + l2-lora, fw-lora (sum), fw-lora (max) at three strengths
 ADAPTED = 36  # MiniLM-L6: 6 layers × (query, key, value, attention output, intermediate, output)
 SWEEP_ARTEFACTS = ("metrics.json", "aggregated_metrics.json", "sweep_tests.json", "experiment.yaml")
 SWEEP_FIGURES = ("sweep_lambda_curve", "sweep_penalty_ratio")
@@ -327,10 +328,67 @@ def _premise_section(doc: dict[str, Any] | None) -> str:
     )
 
 
-def build(sweep_dir: Path, premise_dir: Path | None, site: Path) -> Path:
-    runs = list(json.loads((sweep_dir / "metrics.json").read_text())["runs"].values())
+SUPERSEDED = (
+    "<section><h2>Superseded</h2><p>The earlier study "
+    "(<a href='superseded-2-epochs/index.html'>superseded-2-epochs/</a>, its data kept "
+    "there) trained 2 epochs on 48 tokens: LoRA reached 0.663 against a majority class of "
+    "0.654, two of five seeds predicted only the majority class in every configuration, "
+    "and its λ jumped from no effect to collapse, so its null result had no power. This "
+    "page replaces it.</p></section>"
+)
+DESIGN = (
+    "Setting: drugreview3 (the offline drug reviews, 3 classes, 600 training and 379 held-out "
+    "reviews), MiniLM-L6, LoRA r = 8 on query, key, value, attention output, intermediate and "
+    "output (36 matrices), pooler and classifier trained, AdamW lr 1e-3, batch 16, 3 epochs, "
+    "64 tokens with left truncation, K = 30, fp32 on CPU. Sweep: lora, l2-lora, fw-lora (sum) "
+    "and fw-lora (max) at three strengths (target ratios ‖∇P‖/‖∇L_task‖ = 0.03, 0.1, 0.3 via "
+    'λ = "auto"), seeds 1–10, paired by seed: 10 configurations × 10 seeds = 100 runs. Tests: '
+    "each FW-LoRA variant against l2-lora and against lora at each strength (12 comparisons), "
+    "paired t and Wilcoxon, Holm-corrected across the family, with the minimum detectable "
+    "paired difference at 80 % power. Premise test: fwlora targeting, k = 9 of 36, both "
+    "rankings (F_m and F_m/(in·out)), seeds 1–10: 60 runs."
+)
+
+
+def _premise_artefacts(premise: dict[str, Any], site: Path) -> None:
+    (site / "data" / "premise.json").write_text(json.dumps(premise, indent=2))
+    for path in targeting_figure(premise, site / "figures"):
+        if path.suffix == ".png":
+            shutil.move(path, site / "images" / path.name)
+
+
+def build_pending(site: Path, premise: dict[str, Any] | None) -> Path:
+    """The page while no sweep run has finished: the design, the commands, the status."""
+    from datetime import datetime, timezone
+
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        '<h2 class="paper-title">Does the Fisher weighting matter? FW-LoRA against a uniform '
+        "L2 control and the premise test, on 3-class drug reviews</h2>",
+        "<section><h2>Answer</h2><p>Not answered yet. The study below is running (niced, on a "
+        f"shared 2-core machine); when this page was built ({when}) none of its "
+        f"{GRID_CONFIGS * PLANNED_SEEDS} sweep runs had finished, so this page states no result. "
+        "<code>docs/study/aggregate.sh</code> rebuilds it from whatever has finished, with the "
+        "answer computed from the runs.</p></section>",
+        f"<section><h2>Design</h2><p>{escape(DESIGN)}</p></section>",
+        _premise_section(premise),
+        f"<section><h2>Reproduce</h2><pre><code>{escape(COMMANDS)}</code></pre></section>",
+        SUPERSEDED,
+    ]
+    index = site / "index.html"
+    index.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return index
+
+
+def build(sweep_dir: Path | None, premise_dir: Path | None, site: Path) -> Path:
     for sub in ("images", "figures", "data"):
         (site / sub).mkdir(parents=True, exist_ok=True)
+    if sweep_dir is None or not (sweep_dir / "metrics.json").is_file():
+        premise = premise_doc(premise_dir) if premise_dir else None
+        if premise:
+            _premise_artefacts(premise, site)
+        return build_pending(site, premise)
+    runs = list(json.loads((sweep_dir / "metrics.json").read_text())["runs"].values())
     for name in SWEEP_ARTEFACTS:
         if (sweep_dir / name).is_file():
             shutil.copyfile(sweep_dir / name, site / "data" / name)
@@ -347,13 +405,9 @@ def build(sweep_dir: Path, premise_dir: Path | None, site: Path) -> Path:
         json.dumps({"family": family, "majority_check": check, "penalty_ratios": ratios}, indent=2)
     )
     if premise:
-        (site / "data" / "premise.json").write_text(json.dumps(premise, indent=2))
-        for path in targeting_figure(premise, site / "figures"):
-            if path.suffix == ".png":
-                shutil.move(path, site / "images" / path.name)
-    labels = list(dict.fromkeys(r["label"] for r in runs))
+        _premise_artefacts(premise, site)
     per_seed = {s: sum(1 for r in runs if r["seed"] == s) for s in {r["seed"] for r in runs}}
-    seeds = sorted(s for s, n in per_seed.items() if n == len(labels))
+    seeds = sorted(s for s, n in per_seed.items() if n == GRID_CONFIGS)
     cfg, data = runs[0]["config"], runs[0]["data"]
     lora_line = ", ".join(f"seed {s}: {a:.4f}" for s, a in check["lora"].items())
     pilot = ratios_line(ratios)
@@ -361,7 +415,7 @@ def build(sweep_dir: Path, premise_dir: Path | None, site: Path) -> Path:
         '<h2 class="paper-title">Does the Fisher weighting matter? FW-LoRA against a uniform '
         "L2 control and the premise test, on 3-class drug reviews</h2>",
         f"<section><h2>Answer</h2><p>{escape(_answer(family, premise, seeds))}</p>"
-        f"<p>Status: {len(runs)} of {len(labels) * PLANNED_SEEDS} sweep runs finished "
+        f"<p>Status: {len(runs)} of {GRID_CONFIGS * PLANNED_SEEDS} sweep runs finished "
         f"({len(seeds)} seeds complete); numbers on this page are recomputed from the runs by "
         "<code>docs/study/aggregate.sh</code>.</p></section>",
         "<section><h2>Setup</h2><ul>"
@@ -414,12 +468,7 @@ def build(sweep_dir: Path, premise_dir: Path | None, site: Path) -> Path:
         "<a href='data/premise.json'>data/premise.json</a> (the premise test), and the sweep's "
         + ", ".join(f"<a href='data/{n}'>data/{n}</a>" for n in SWEEP_ARTEFACTS)
         + ".</p></section>",
-        "<section><h2>Superseded</h2><p>The earlier study "
-        "(<a href='superseded-2-epochs/index.html'>superseded-2-epochs/</a>, its data kept "
-        "there) trained 2 epochs on 48 tokens: LoRA reached 0.663 against a majority class of "
-        "0.654, two of five seeds predicted only the majority class in every configuration, "
-        "and its λ jumped from no effect to collapse, so its null result had no power. This "
-        "page replaces it.</p></section>",
+        SUPERSEDED,
     ]
     index = site / "index.html"
     index.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
@@ -442,7 +491,7 @@ def ratios_line(ratios: dict[str, dict[int, float]]) -> str:
 
 
 if __name__ == "__main__":
-    sweep = Path(sys.argv[1])
+    sweep = Path(sys.argv[1]) if sys.argv[1] else None
     premise_folder = Path(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None
     out = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).parent
     print(build(sweep, premise_folder, out))
