@@ -2,7 +2,7 @@
 (or `fwlora merge`) experiment folder. Every number on the page is read from that folder's
 artefacts; only the setup description and the finding's wording are written here.
 
-    python docs/study/superseded-2-epochs/build_page.py EXPERIMENT_DIR docs/study/superseded-2-epochs
+    cd docs/study/superseded-2-epochs && python build_page.py EXPERIMENT_DIR .
 """
 
 from __future__ import annotations
