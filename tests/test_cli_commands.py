@@ -289,3 +289,20 @@ def test_progress_on_a_terminal_is_a_bar(tiny, tmp_path, capsys, monkeypatch):
     settings = {k: v for k, v in tiny.items() if k != "quiet"} | {"epochs": 1}
     assert main(["train", "-o", str(tmp_path / "out"), *settings_flags(settings)]) == 0
     assert "\r" in capsys.readouterr().err  # tqdm redraws in place
+
+
+def test_a_closed_pipe_outside_the_harness_lines_is_status_141(monkeypatch, capsys):
+    """Issue 18 B9: no traceback, and no false success (the harness's own lines never raise
+    this; see test_harness_output for a run whose reader goes away)."""
+    import fwlora.cli as cli
+    import fwlora.harness.progress as progress
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    detached = []
+    monkeypatch.setitem(cli.COMMANDS, "report", closed)
+    monkeypatch.setattr(progress, "detach", detached.append)
+    assert main(["report", "somewhere"]) == 141
+    assert detached == ["stdout"]
+    assert capsys.readouterr().err == ""

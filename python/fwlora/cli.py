@@ -416,6 +416,7 @@ def cmd_targeting(args) -> None:
 def cmd_report(args) -> None:
     from fwlora.harness import build_report
     from fwlora.harness.errors import HarnessError
+    from fwlora.harness.progress import write_line
 
     output = Path(args.output) if args.output else Path(args.run_dirs[0]) / "report"
     try:
@@ -424,7 +425,7 @@ def cmd_report(args) -> None:
         raise HarnessError(
             f"-o {output}: cannot write the report there ({exc.strerror or exc})"
         ) from None
-    print(f"report: {index}")
+    write_line(f"report: {index}", "stdout")
 
 
 def cmd_demo(args) -> None:
@@ -532,11 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `fwlora ... | head`: the work is done, its reader has gone
+    except BrokenPipeError:  # a write outside the harness's own lines (which never raise this)
         from fwlora.harness.progress import detach
 
         detach("stdout")
-        return 0
+        return 141  # 128 + SIGPIPE: what a shell reports for a process a closed pipe stopped
     except OSError as exc:
         from fwlora.harness.errors import environment_error
 
