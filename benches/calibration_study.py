@@ -4,11 +4,12 @@ Two measurements, each resumable (finished entries are kept in the JSON and skip
 
 * spread: which task-gradient scale gives the stabler λ. Each seed trains to the first
   penalised step K + 1 (calibration needs nothing later) with lam="auto"; a step pre-hook
-  records ‖∇L_task‖² over the LoRA factors at every step. The optimizer calibrates with the
-  step's own norm (λ_step); since λ ∝ sqrt(task scale) for the same ∇P_{λ=1}, the λ an EMA
-  (the Fisher α, bias-corrected) of ‖∇L_task‖² over steps 1..K would give is
-  λ_ema = λ_step·sqrt(ema / ‖∇L_task,K+1‖²), exactly. Spread over seeds: coefficient of
-  variation and max/min of λ.
+  records ‖∇L_task‖² over the LoRA factors at every step. Since λ ∝ sqrt(task scale) for the
+  same ∇P_{λ=1}, one run gives both: λ_ema, with the EMA (the Fisher α, bias-corrected) of
+  ‖∇L_task‖² over steps 1..K, and λ_step, with step K + 1's own ‖∇L_task‖², exactly
+  (λ_step = λ_ema·‖∇L_task,K+1‖/sqrt(EMA)). Spread over seeds: coefficient of variation and
+  max/min of λ. (Measured when the library calibrated with the step's own norm; it now uses
+  the EMA, the stabler one, and the two are converted into each other the other way round.)
 * transfer: the harness's training loop without its evaluation passes (3 epochs, 64
   tokens, left truncation, K = 30, lr 1e-3, batch 16) for target ratios {0.03, 0.1, 0.3} ×
   ranks {2, 8} × normalisations {sum, max}: the calibrated λ, ‖∇P‖/‖∇L_task‖ at every
@@ -124,9 +125,11 @@ def calibrate_once(seed: int, rank: int) -> dict[str, float]:
     ema, weight = 0.0, 0.0
     for g in task_sq[:K]:
         ema, weight = ALPHA * ema + (1 - ALPHA) * g, ALPHA * weight + (1 - ALPHA)
+    # The library calibrates with the warm-up average (λ_ema); the step's own norm would give
+    # λ_step = λ_ema · ‖∇L_task,K+1‖ / sqrt(average), the same ∇P_{λ=1} in both.
     return {
-        "lam_step": opt.lam,
-        "lam_ema": opt.lam * math.sqrt((ema / weight) / task_sq[K]),
+        "lam_step": opt.lam * math.sqrt(task_sq[K] / (ema / weight)),
+        "lam_ema": opt.lam,
         "task_norm_step": math.sqrt(task_sq[K]),
         "task_norm_ema": math.sqrt(ema / weight),
         "ratio_at_calibration": opt.penalty_grad_ratio,

@@ -126,7 +126,6 @@ def test_lam_auto_calibrates_the_same_lambda_under_ddp_and_fsdp2(runs):
     _assert_equivalent(result)
     ddp_lam, fsdp_lam = result["lams"]
     assert ddp_lam > 0 and fsdp_lam == pytest.approx(ddp_lam, rel=1e-5)
-    assert result["ratios"][0][0] == pytest.approx(2.0, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -22,24 +23,53 @@ def _step(model, opt, batch):
 
 
 def _factors(opt):
-    return [p for m in opt.fisher_weighting.matrices for p in (m.lora_A, m.lora_B)]
+    fw = getattr(opt, "fisher_weighting", opt)  # FisherAdamW, or a FisherWeighting
+    return [p for m in fw.matrices for p in (m.lora_A, m.lora_B)]
 
 
 def _norm(tensors) -> float:
     return float(sum(t.double().square().sum() for t in tensors) ** 0.5)
 
 
-def _reference_lam(opt, target: float) -> float:
-    """target·‖∇L_task‖/‖∇P_{λ=1}‖ with ∇P by autograd, from the current grads and weights."""
+def _record_task_sq(opt, fw=None) -> list[float | None]:
+    """‖∇L_task‖² over the LoRA factors at every step() call, read before FW-LoRA's hook."""
+    seen: list[float | None] = []
+    factors = _factors(fw or opt)
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for p in factors if p.grad is not None]
+        seen.append(_norm(grads) ** 2 if grads else None)
+
+    handle = opt.register_step_pre_hook(record)
+    # before FisherWeighting's own pre-hook (attach_fisher), if any
+    opt._optimizer_step_pre_hooks.move_to_end(handle.id, last=False)
+    return seen
+
+
+def _average(task_sq, alpha=0.98) -> float:
+    """The bias-corrected EMA of the finite values: the calibration's task scale."""
+    ema = weight = 0.0
+    for g in task_sq:
+        if g is not None and math.isfinite(g):
+            ema, weight = alpha * ema + (1 - alpha) * g, alpha * weight + (1 - alpha)
+    return ema / weight
+
+
+def _first_ratio(seen, target) -> float:
+    """The documented ratio at the calibration step, when it was the last step() recorded."""
+    return target * (_average(seen[:-1]) / seen[-1]) ** 0.5
+
+
+def _reference_lam(opt, target: float, average: float) -> float:
+    """target·sqrt(average)/‖∇P_{λ=1}‖ with ∇P by autograd, at the current weights."""
     fw = opt.fisher_weighting
-    task = _norm(p.grad for p in _factors(opt))
     terms = []
     for m, i in zip(fw.matrices, fw.core.importance):
         a = m.lora_A.detach().clone().requires_grad_(True)
         b = m.lora_B.detach().clone().requires_grad_(True)
         p = (1.0 - i) * m.scaling**2 * (b @ a).square().sum()
         terms.extend(torch.autograd.grad(p, (a, b)))
-    return target * task / _norm(terms)
+    return target * average**0.5 / _norm(terms)
 
 
 def _calibration_step(normalization="sum", schedule="constant", target=0.2, seed=3):
@@ -58,31 +88,35 @@ def _calibration_step(normalization="sum", schedule="constant", target=0.2, seed
         **extra,
     )
     data = batches(K + 1, seed=seed)
+    seen = _record_task_sq(opt)
     for batch in data[:K]:
         _step(model, opt, batch)
     assert opt.lam is None
     opt.zero_grad()
     loss_of(model, data[K]).backward()
     task = [p.grad.clone() for p in _factors(opt)]
-    expected_lam = _reference_lam(opt, target)
+    average = _average(seen)  # steps 1..K
+    expected_lam = _reference_lam(opt, target, average)
     opt.step()  # AdamW leaves .grad as the penalty left it
     penalty = [p.grad - g for p, g in zip(_factors(opt), task)]
-    return opt, _norm(penalty) / _norm(task), expected_lam
+    # the documented relation: ratio at the calibration step = target·sqrt(Ĝ)/‖∇L_task‖
+    expected_ratio = target * average**0.5 / _norm(task)
+    return opt, _norm(penalty) / _norm(task) / expected_ratio, expected_lam
 
 
 @pytest.mark.parametrize("normalization", ["sum", "max", "uniform"])
 def test_calibration_is_exact(normalization):
-    opt, measured, expected_lam = _calibration_step(normalization)
-    assert measured == pytest.approx(0.2, rel=1e-6)
-    assert opt.penalty_grad_ratio == pytest.approx(0.2, rel=1e-6)
+    opt, measured_over_expected, expected_lam = _calibration_step(normalization)
+    assert measured_over_expected == pytest.approx(1.0, rel=1e-6)
     assert opt.lam == pytest.approx(expected_lam, rel=1e-9)
 
 
 def test_ramp_calibrates_against_the_full_strength_penalty():
-    opt, measured, _ = _calibration_step(schedule="ramp")
+    opt, measured_over_expected, _ = _calibration_step(schedule="ramp")
     constant, _, _ = _calibration_step(schedule="constant")
-    assert opt.lam == constant.lam  # same weights and grads at K + 1: the same λ
-    assert measured == pytest.approx(0.2 * opt.fisher_weighting.core.schedule_scale(K + 1))
+    assert opt.lam == constant.lam  # same weights and grads up to K + 1: the same λ
+    scale = opt.fisher_weighting.core.schedule_scale(K + 1)
+    assert scale < 1 and measured_over_expected == pytest.approx(scale, rel=1e-6)
 
 
 def test_auto_then_frozen_equals_the_same_lambda_given_by_hand():
@@ -178,6 +212,7 @@ def test_a_saved_auto_state_brings_its_mode_and_lambda():
 def test_zero_delta_w_at_k_plus_1_moves_calibration_to_the_first_step_with_one():
     model = tiny_lora_model(random_b=False)  # B = 0: ΔW = 0 until B is trained
     opt = FisherAdamW(model, lr=0.0, warmup=K, lam="auto", target_ratio=0.2)
+    seen = _record_task_sq(opt)
     data = batches(K + 4)
     for batch in data[:K]:
         _step(model, opt, batch)
@@ -188,14 +223,15 @@ def test_zero_delta_w_at_k_plus_1_moves_calibration_to_the_first_step_with_one()
         _step(model, opt, data[K + 1])  # ΔW still 0 before this update: skipped again
     assert len(record) == 1 and opt.lam is None and opt.penalty_grad_ratio is None
     _step(model, opt, data[K + 2])  # ΔW != 0 now
-    assert opt.lam is not None
-    assert opt.penalty_grad_ratios() == pytest.approx([0.2])
+    assert opt.lam is not None  # steps K + 1 and K + 2 (unpenalised) joined the average:
+    assert opt.penalty_grad_ratios() == pytest.approx([_first_ratio(seen, 0.2)], rel=1e-6)
 
 
 @pytest.mark.parametrize("bad", ["zero", "nan"])
 def test_a_zero_or_non_finite_task_gradient_skips_that_step_and_warns_once(bad):
     model = tiny_lora_model()
     opt = FisherAdamW(model, lr=1e-2, warmup=K, lam="auto", target_ratio=0.2)
+    seen = _record_task_sq(opt)
     data = batches(K + 3)
     for batch in data[:K]:
         _step(model, opt, batch)
@@ -215,8 +251,8 @@ def test_a_zero_or_non_finite_task_gradient_skips_that_step_and_warns_once(bad):
                 opt.state.clear()
     assert len(record) == 1 and opt.lam is None
     _step(model, opt, data[K + 1])
-    assert opt.lam is not None
-    assert opt.penalty_grad_ratios() == pytest.approx([0.2])
+    assert opt.lam is not None  # the zero / NaN steps stayed out of the average
+    assert opt.penalty_grad_ratios() == pytest.approx([_first_ratio(seen, 0.2)], rel=1e-6)
 
 
 def test_a_grad_scaler_skipped_step_is_not_the_calibration_step():
@@ -224,6 +260,7 @@ def test_a_grad_scaler_skipped_step_is_not_the_calibration_step():
     opt = FisherAdamW(model, lr=1e-2, warmup=K, lam="auto", target_ratio=0.2)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     opt.use_grad_scaler(scaler)
+    seen = _record_task_sq(opt)
     data = batches(K + 2)
 
     def scaled_step(batch, factor=1.0):
@@ -238,16 +275,19 @@ def test_a_grad_scaler_skipped_step_is_not_the_calibration_step():
     assert opt.lam is None and opt.fisher_weighting.step == K
     scaled_step(data[K + 1])
     assert opt.lam is not None
-    assert opt.penalty_grad_ratios() == pytest.approx([0.2], rel=1e-5)
+    assert len(seen) == K + 1  # the skipped step never reached the optimizer
+    assert opt.penalty_grad_ratios() == pytest.approx([_first_ratio(seen, 0.2)], rel=1e-5)
 
 
 def test_attach_fisher_calibrates_too():
     model = tiny_lora_model()
     sgd = torch.optim.SGD(model.parameters(), lr=0.05)
     fw = attach_fisher(sgd, model, warmup=K, lam="auto", target_ratio=0.4)
-    for batch in batches(K + 2):
+    seen = _record_task_sq(sgd, fw)
+    for batch in batches(K + 1):
         _step(model, sgd, batch)
-    assert fw.lam is not None and fw.penalty_grad_ratios()[0] == pytest.approx(0.4)
+    assert fw.lam is not None
+    assert fw.penalty_grad_ratios() == pytest.approx([_first_ratio(seen, 0.4)], rel=1e-6)
 
 
 def test_core_auto_mode_and_its_dict():
@@ -274,3 +314,23 @@ def test_a_version_2_state_dict_loads_as_a_hand_set_lambda():
     old["format_version"] = 1
     with pytest.raises(FisherCoreError, match="format_version 1"):
         FisherCore.from_dict(old)
+
+
+def test_the_warm_up_average_travels_in_the_state_dict_until_calibration():
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, lr=1e-2, warmup=K, lam="auto")
+    data = batches(K + 1)
+    _step(model, opt, data[0])
+    entry = opt.state_dict()["fwlora"]["calibration"]
+    assert set(entry) == {"task_sq_ema", "weight"} and entry["task_sq_ema"] > 0
+    for batch in data[1:]:
+        _step(model, opt, batch)
+    assert opt.lam is not None and opt.state_dict()["fwlora"]["calibration"] is None
+    fixed = FisherAdamW(tiny_lora_model(), warmup=K, lam=0.01)
+    assert fixed.state_dict()["fwlora"]["calibration"] is None  # λ by hand: nothing averaged
+    bad = copy.deepcopy(opt.state_dict())
+    bad["fwlora"]["calibration"] = {"task_sq_ema": -1.0, "weight": 0.5}
+    before = opt.lam
+    with pytest.raises(ValueError, match="'calibration'"):
+        opt.load_state_dict(bad)
+    assert opt.lam == before

@@ -30,6 +30,7 @@ from torch import nn
 from fwlora._core import FisherCore
 from fwlora.optim.adapter_estimate import adapter_estimate
 from fwlora.optim.calibration import Calibration
+from fwlora.optim.calibration import check_state as check_calibration_state
 from fwlora.optim.checkpoint import STATE_KEY, check_fisher_state, fisher_state, require_entry
 from fwlora.optim.decoupled import has_decoupled_decay, scale_decoupled_decay
 from fwlora.optim.distributed import (
@@ -305,15 +306,16 @@ class FisherWeighting:
             # Before the update: the gradients and the weights they belong to.
             self._adapter_row = adapter_estimate(self.matrices)
         scale = self.core.schedule_scale(self.step + 1)
-        if scale == 0.0:
-            return
         lam = self.core.lam
         if lam is None:  # lam="auto": calibrated at the first penalised step that allows it
-            if not self.calibration.try_calibrate(
-                self.core, self.penalty, self._factors, self.step + 1
+            step, alpha, factors = self.step + 1, self.core.alpha, self._factors
+            if not self.calibration.before_step(
+                self.core, self.penalty, factors, step, alpha, penalised=scale > 0.0
             ):
                 return
             lam = self.core.lam
+        if scale == 0.0:
+            return
         if self.options.penalty == "decoupled":
             assert self._optimizer is not None
             scale_decoupled_decay(self._optimizer, self.matrices, self._decay_weights, scale)
@@ -438,11 +440,14 @@ class FisherWeighting:
     def state_dict(self) -> dict[str, Any]:
         self.flush()
         o = self.options
-        return fisher_state(self.names, self.core, o.penalty, o.estimator)
+        state = fisher_state(self.names, self.core, o.penalty, o.estimator)
+        state["calibration"] = self.calibration.state_dict()  # lam="auto" before calibration
+        return state
 
     def validate_state_dict(self, state: Any) -> FisherCore:
         """Checks `state` fits this model; returns the core it holds. Changes nothing."""
         core = check_fisher_state(state, self.names)
+        check_calibration_state(state.get("calibration"))
         saved = _saved_options(state, core)
         # A saved mode this build does not know, or one this optimizer cannot apply, is
         # refused here, before anything changes.
@@ -463,6 +468,7 @@ class FisherWeighting:
         estimator_changed = saved["estimator"] != self.options.estimator
         self.options = dataclasses.replace(self.options, **saved)
         self._rows = []
+        self.calibration.load_state_dict(state.get("calibration"), self._device)
         self._first_row_checked = self.core.step > 0
         if estimator_changed:
             self.statistics.detach()
