@@ -152,11 +152,20 @@ def spread_unit(seed: int) -> dict[str, Any]:
 # -------------------------------------------------------------------------- transfer
 def train_ratios(cfg: Any, run_dir: Path) -> tuple[float | None, list[float]]:
     """The harness's training loop (same data order, LR schedule, adapters) without its
-    evaluation passes: (calibrated λ, ‖∇P‖/‖∇L_task‖ of every penalised step)."""
+    evaluation passes: (calibrated λ, ‖∇P‖/‖∇L_task‖ of every penalised step). Resumable:
+    a checkpoint after each epoch (trainable weights, optimizer, schedule, ratios so far)."""
     torch.set_num_threads(1)
     run = _setup(cfg, run_dir, None)
+    checkpoint = run_dir / "epoch.pt"
+    done, ratios = 0, []
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=False)
+        run.model.load_state_dict(state["model"], strict=False)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        done, ratios = state["epoch"], state["ratios"]
     run.model.train()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(done + 1, cfg.epochs + 1):
         order = np.random.default_rng(cfg.seed * 1009 + epoch).permutation(len(run.train_data))
         for i in range(run.steps_per_epoch):
             index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
@@ -164,7 +173,19 @@ def train_ratios(cfg: Any, run_dir: Path) -> tuple[float | None, list[float]]:
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
-    return run.optimizer.lam, run.optimizer.penalty_grad_ratios()
+        trainable = {n: p.detach() for n, p in run.model.named_parameters() if p.requires_grad}
+        state = {
+            "model": trainable,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "epoch": epoch,
+            # the optimizer's read-out starts afresh with the process: keep the earlier ones
+            "ratios": ratios + run.optimizer.penalty_grad_ratios(),
+        }
+        torch.save(state, checkpoint)
+    if checkpoint.exists():
+        ratios = torch.load(checkpoint, weights_only=False)["ratios"]
+    return run.optimizer.lam, ratios
 
 
 def transfer_cells() -> list[tuple[float, int, str]]:
