@@ -327,7 +327,12 @@ def _force_accelerate_fsdp(accelerator, plugin) -> None:
     assert accelerator.is_fsdp2
 
 
-def _trainer_run(output_dir: Path, fsdp: bool) -> dict:
+def _trainer_run(
+    output_dir: Path, fsdp: bool, *, save_steps: int = 0, resume: str | None = None
+) -> dict:
+    """The Trainer run of the trainer scenarios; `save_steps` > 0 saves checkpoints, `resume`
+    resumes one (into a model whose trainable weights are moved first, so the load matters:
+    a peft checkpoint holds the adapter, not the frozen base)."""
     from transformers import Trainer
 
     from fwlora.integrations import FisherCallback
@@ -336,6 +341,11 @@ def _trainer_run(output_dir: Path, fsdp: bool) -> dict:
 
     reset_accelerate()
     model = tiny_lora_model(seed=0, dtype=torch.float32)
+    if resume is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.1)
     extra = {}
     if fsdp:
         extra = {
@@ -350,6 +360,7 @@ def _trainer_run(output_dir: Path, fsdp: bool) -> dict:
         gradient_accumulation_steps=2,
         max_grad_norm=1.0,
         logging_steps=2,  # FisherCallback logs the penalty: a collective under FSDP2
+        **({"save_strategy": "steps", "save_steps": save_steps} if save_steps else {}),
         **extra,
     )
     options = {k: v for k, v in FW.items() if k not in ("lr", "weight_decay")}
@@ -377,11 +388,27 @@ def _trainer_run(output_dir: Path, fsdp: bool) -> dict:
         return out
 
     callback.metrics = recording_metrics
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     opt = trainer.optimizer.optimizer
     result = summary(model, opt)
     result["logged_penalties"] = logged
     reset_accelerate()
+    return result
+
+
+def scenario_trainer_fsdp2_resume(rank: int, cache: dict, scratch: Path) -> dict:
+    """The Trainer under FSDP2 (as in trainer_fsdp2) saving checkpoints at steps 3 (mid-warm-up,
+    K = 4) and 6 (its default for FSDP2 here: a full optimizer state dict through torch's
+    get_/set_optimizer_state_dict); each resumed with resume_from_checkpoint, run to the end
+    and compared with the uninterrupted run."""
+    full = _trainer_run(scratch / "trainer-resume", fsdp=True, save_steps=3)
+    result: dict = {}
+    for step in (3, 6):
+        checkpoint = scratch / "trainer-resume" / f"checkpoint-{step}"
+        resumed = _trainer_run(
+            scratch / f"trainer-resumed-{step}", fsdp=True, resume=str(checkpoint)
+        )
+        result[f"step_{step}"] = compare(full, resumed)
     return result
 
 
@@ -438,6 +465,70 @@ def scenario_accelerate_fsdp2(rank: int, cache: dict) -> dict:
     return result
 
 
+def _accelerate_fsdp2(accumulate: int = 2):
+    """An Accelerator on accelerate's own FSDP2 route (distributed type forced: CPU)."""
+    from accelerate import Accelerator
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from integration_helpers import reset_accelerate
+
+    reset_accelerate()
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=["RobertaLayer"],
+    )
+    accelerator = Accelerator(cpu=True, fsdp_plugin=plugin, gradient_accumulation_steps=accumulate)
+    _force_accelerate_fsdp(accelerator, plugin)
+    return accelerator
+
+
+def _accelerate_steps(accelerator, model, prepared, micro, first: int, last: int) -> None:
+    """Optimizer steps first+1..last, two micro-batches each, through accumulate()."""
+    for batch in micro[2 * first : 2 * last]:
+        with accelerator.accumulate(model):
+            accelerator.backward(model(**batch).loss)
+            prepared.step()
+            prepared.zero_grad()
+
+
+def scenario_accelerate_fsdp2_resume(rank: int, cache: dict, scratch: Path) -> dict:
+    """accelerator.save_state / load_state under FSDP2 (torch's get_/set_optimizer_state_dict
+    through DCP, which keep only `state` and `param_groups`): saved mid-warm-up (step 3 of
+    K = 4) and after it (step 6), each resumed in fresh objects (other initial weights), run to
+    the end, and compared with the uninterrupted run that saved them."""
+    from integration_helpers import reset_accelerate
+
+    micro = data(rank, STEPS * 2)
+    accelerator = _accelerate_fsdp2()
+    model = tiny_lora_model(seed=0, dtype=torch.float32)
+    opt = FisherAdamW(model, **FW)
+    model, prepared = accelerator.prepare(model, opt)
+    saved = {}
+    for first, last in ((0, 3), (3, 6), (6, STEPS)):
+        _accelerate_steps(accelerator, model, prepared, micro, first, last)
+        if last < STEPS:
+            saved[last] = str(scratch / f"accelerate-{last}")
+            accelerator.save_state(saved[last])
+    full = summary(model, opt)
+    result: dict = {}
+    for step, path in saved.items():
+        accelerator = _accelerate_fsdp2()
+        fresh = tiny_lora_model(seed=1, dtype=torch.float32)  # other weights: the load matters
+        fresh_opt = FisherAdamW(fresh, **FW)
+        fresh, fresh_prepared = accelerator.prepare(fresh, fresh_opt)
+        accelerator.load_state(path)
+        step_after_load = fresh_opt.fisher_weighting.step
+        _accelerate_steps(accelerator, fresh, fresh_prepared, micro, step, STEPS)
+        result[f"step_{step}"] = {
+            **compare(full, summary(fresh, fresh_opt)),
+            "step_after_load": step_after_load,
+            "mirror_in_live_groups": any("fwlora" in g for g in fresh_opt.param_groups),
+        }
+    reset_accelerate()
+    return result
+
+
 def scenario_layouts_refused(rank: int, cache: dict) -> dict:
     """DTensor factors that are not FSDP2's: two Shard placements (tensor parallelism on a
     2-D mesh), and a mesh over part of the world. Each must be refused."""
@@ -481,6 +572,8 @@ SCENARIOS = [
     # accelerate's state is process-wide: these two reset it before and after.
     ("trainer_fsdp2", scenario_trainer_fsdp2),
     ("accelerate_fsdp2", scenario_accelerate_fsdp2),
+    ("accelerate_fsdp2_resume", scenario_accelerate_fsdp2_resume),
+    ("trainer_fsdp2_resume", scenario_trainer_fsdp2_resume),
 ]
 
 
@@ -495,7 +588,12 @@ def main(result_path: str, scratch: str) -> None:
         if only and name not in only:
             continue
         try:
-            if name in ("resume", "trainer_fsdp2"):
+            if name in (
+                "resume",
+                "trainer_fsdp2",
+                "accelerate_fsdp2_resume",
+                "trainer_fsdp2_resume",
+            ):
                 results[name] = fn(rank, cache, Path(scratch))
             else:
                 results[name] = fn(rank, cache)

@@ -107,3 +107,48 @@ def test_deep_copied_model_does_not_feed_the_original():
     batch = batches(1)[0]
     loss_of(clone, batch).backward()
     assert all(v is None for v in opt.fisher_weighting.statistics._pending)
+
+
+@pytest.mark.parametrize("split", [2, 5])  # mid-warm-up (K = 4), after
+@pytest.mark.parametrize("attached", [False, True])
+def test_torch_distributed_checkpoint_functions_resume_exactly(tmp_path, split, attached):
+    """torch's get_/set_optimizer_state_dict (what accelerate and the Trainer call under
+    FSDP2) keep only `state` and `param_groups`: the entry's mirror in the first param group
+    goes through them and a DCP save / load, and the resumed run equals the uninterrupted
+    one. No warning on the way (filterwarnings=error): torch's zero-gradient initialisation
+    step of the fresh optimizer is not a warm-up step with nothing measured."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    def build(model):
+        if not attached:
+            return FisherAdamW(model, lr=1e-2, warmup=4, lam=0.3)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        attach_fisher(opt, model, warmup=4, lam=0.3)
+        return opt
+
+    data = batches(7)
+    model = tiny_lora_model(seed=7)
+    opt = build(model)
+    for batch in data[:split]:
+        _step(model, opt, batch)
+    saved = get_optimizer_state_dict(model, opt)
+    assert "fwlora" not in saved  # torch drops the top-level entry ...
+    assert isinstance(saved["param_groups"][0]["fwlora"], str)  # ... not the mirror
+    dcp.save({"optim": saved}, checkpoint_id=tmp_path / "ckpt", no_dist=True)
+
+    clone = copy.deepcopy(model)
+    resumed = build(clone)
+    template = {"optim": get_optimizer_state_dict(clone, resumed)}
+    dcp.load(template, checkpoint_id=tmp_path / "ckpt", no_dist=True)
+    set_optimizer_state_dict(clone, resumed, template["optim"])
+    assert all("fwlora" not in g for g in resumed.param_groups)  # not adopted as a setting
+    for batch in data[split:]:
+        _step(model, opt, batch)
+        _step(clone, resumed, batch)
+    for (name, p), q in zip(model.named_parameters(), clone.parameters()):
+        assert torch.equal(p, q), name
+    assert resumed.state_dict()["fwlora"] == opt.state_dict()["fwlora"]

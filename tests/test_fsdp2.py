@@ -60,7 +60,7 @@ def runs(tmp_path_factory) -> dict:
         str(result_path),
         str(tmp / "scratch"),
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = json.loads(result_path.read_text())["ranks"]
     # Every rank computed the same importances, weights (gathered), penalty and ratios.
@@ -212,6 +212,25 @@ def test_dcp_resume_runs_in_lock_step(runs):
     assert result["ratios"][0] == result["ratios"][1]
     # torch's set_optimizer_state_dict alone drops the entry: refused, not a silent reset.
     assert "no 'fwlora' entry" in (result["plain_load_error"] or "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["accelerate_fsdp2_resume", "trainer_fsdp2_resume"])
+@pytest.mark.parametrize("step", [3, 6])  # mid-warm-up (K = 4), after it
+def test_accelerate_and_trainer_checkpoints_resume_exactly(runs, scenario, step):
+    # accelerate's save_state / load_state (sharded: DCP) and the Trainer's
+    # resume_from_checkpoint (its FSDP2 default here: a full optimizer state dict) go through
+    # torch's get_/set_optimizer_state_dict, which drop the top-level "fwlora" entry; its
+    # mirror in the first param group carries the state. Resumed = uninterrupted, bit for bit.
+    result = _ok(runs[scenario])[f"step_{step}"]
+    assert result["factor_types"] == [["DTensor"], ["DTensor"]]
+    assert result["steps"] == [8, 8]
+    assert result["importance_max_diff"] == 0.0 and result["fisher_max_rel_diff"] == 0.0
+    assert result["weight_max_diff"] == 0.0 and result["moved"] > 0.01
+    assert result["ratios"][0] == result["ratios"][1]
+    if "step_after_load" in result:
+        assert result["step_after_load"] == step
+        assert not result["mirror_in_live_groups"]  # not adopted into the live param groups
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fwlora.optim.checkpoint import STATE_KEY, require_entry
+from fwlora.optim.checkpoint import require_entry, with_entry, without_entry
 from fwlora.optim.options import DEFAULTS, FisherOptions, plain_number
 from fwlora.optim.weighting import FisherWeighting
 
@@ -208,13 +208,10 @@ class FisherAdamW(torch.optim.AdamW):
 
     # State -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state[STATE_KEY] = self.fisher_weighting.state_dict()
-        return state
+        return with_entry(super().state_dict(), self.fisher_weighting.state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         fisher_state = require_entry(state_dict, "FisherAdamW")
         core = self.fisher_weighting.validate_state_dict(fisher_state)
-        rest = {k: v for k, v in state_dict.items() if k != STATE_KEY}
-        super().load_state_dict(rest)
+        super().load_state_dict(without_entry(state_dict))
         self.fisher_weighting._commit_load(fisher_state, core)

@@ -7,6 +7,7 @@ modes. Checking never changes anything, so a refused load leaves the optimizer a
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fwlora._core import FisherCore
@@ -43,7 +44,45 @@ def check_fisher_state(state: Any, names: list[str]) -> FisherCore:
     return FisherCore.from_dict(state.get("core"))
 
 
+def with_entry(state_dict: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """`state_dict` carrying FW-LoRA's `entry` at the top level and, as one JSON string, in
+    its first param group.
+
+    torch.distributed.checkpoint's get_/set_optimizer_state_dict (what accelerate and the
+    Trainer use under FSDP2) keep only ``state`` and ``param_groups``, and keep every key of
+    a param group: the mirror lets such a checkpoint resume. A string is one leaf for DCP."""
+    state_dict[STATE_KEY] = entry
+    groups = state_dict.get("param_groups")
+    if groups:
+        groups[0] = {**groups[0], STATE_KEY: json.dumps(entry)}
+    return state_dict
+
+
+def without_entry(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A shallow copy of `state_dict` without FW-LoRA's entry and its param-group mirror (so
+    the optimizer does not adopt the mirror into its live param groups)."""
+    rest = {k: v for k, v in state_dict.items() if k != STATE_KEY}
+    groups = rest.get("param_groups")
+    if groups and STATE_KEY in groups[0]:
+        first = {k: v for k, v in groups[0].items() if k != STATE_KEY}
+        rest["param_groups"] = [first, *groups[1:]]
+    return rest
+
+
 def require_entry(state_dict: dict, owner: str) -> Any:
-    if STATE_KEY not in state_dict:
+    """The FW-LoRA entry of an optimizer state dict: the top-level one, else the mirror in the
+    first param group (all that is left after torch.distributed.checkpoint)."""
+    if STATE_KEY in state_dict:
+        return state_dict[STATE_KEY]
+    groups = state_dict.get("param_groups") or [{}]
+    mirrored = groups[0].get(STATE_KEY) if isinstance(groups[0], dict) else None
+    if mirrored is None:
         raise ValueError(f"state_dict: no {STATE_KEY!r} entry; it was not saved by {owner}")
-    return state_dict[STATE_KEY]
+    if isinstance(mirrored, (bytes, str)):
+        try:
+            return json.loads(mirrored)
+        except ValueError as exc:
+            raise ValueError(
+                f"state_dict: the {STATE_KEY!r} entry is not valid JSON ({exc})"
+            ) from None
+    return mirrored

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,13 @@ from fwlora._core import FisherCore
 from fwlora.optim.adapter_estimate import adapter_estimate
 from fwlora.optim.calibration import Calibration
 from fwlora.optim.calibration import check_state as check_calibration_state
-from fwlora.optim.checkpoint import STATE_KEY, check_fisher_state, fisher_state, require_entry
+from fwlora.optim.checkpoint import (
+    check_fisher_state,
+    fisher_state,
+    require_entry,
+    with_entry,
+    without_entry,
+)
 from fwlora.optim.decoupled import has_decoupled_decay, scale_decoupled_decay
 from fwlora.optim.distributed import (
     check_sharding,
@@ -372,6 +379,12 @@ class FisherWeighting:
     def _warn_unobserved(self, row: torch.Tensor) -> None:
         """One host sync, at the first observed step: names matrices no statistic reached."""
         silent = [self.names[i] for i in torch.nonzero(row == 0).flatten().tolist()]
+        if len(silent) == len(self.names) and _zero_step(self._optimizer, self._factors):
+            # torch.distributed.checkpoint's get_/set_optimizer_state_dict initialise a fresh
+            # optimizer's state by one step with zero gradients at lr 0 (accelerate's and the
+            # Trainer's resume under FSDP2): no backward ran, nothing to warn about.
+            self._first_row_checked = False
+            return
         if silent:
             warnings.warn(
                 f"FW-LoRA: no gradient statistic for {len(silent)} of {len(self.names)} LoRA "
@@ -479,13 +492,14 @@ class FisherWeighting:
     def _state_dict_hook(
         self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]
     ) -> dict[str, Any]:
-        state_dict[STATE_KEY] = self.state_dict()
-        return state_dict
+        return with_entry(state_dict, self.state_dict())
 
-    def _load_pre_hook(self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+    def _load_pre_hook(
+        self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]
+    ) -> dict[str, Any]:
         entry = require_entry(state_dict, "an optimizer with FW-LoRA attached")
         self._pending_load = (entry, self.validate_state_dict(entry))
-        return None
+        return without_entry(state_dict)  # the optimizer loads the rest
 
     def _load_post_hook(self, optimizer: torch.optim.Optimizer) -> None:
         if self._pending_load is not None:
@@ -518,6 +532,17 @@ def _check_optimizer_fits(
             "but a param group holding them has weight_decay=0, so FW-LoRA would do nothing; "
             'set weight_decay > 0, or use penalty="coupled"'
         )
+
+
+def _zero_step(optimizer: torch.optim.Optimizer | None, factors: Sequence[torch.Tensor]) -> bool:
+    """Whether this step had lr 0 everywhere and all-zero LoRA gradients (torch's state
+    initialisation in torch.distributed.checkpoint.state_dict)."""
+    if optimizer is None or any(float(g.get("lr", 1.0)) != 0.0 for g in optimizer.param_groups):
+        return False
+    grads = [p.grad for p in factors if p.grad is not None]
+    # This rank's shards only (no collective); the answer only decides a warning.
+    local = [g.to_local() if is_dtensor(g) else g for g in grads]  # type: ignore[attr-defined]
+    return not any(bool(g.any()) for g in local)
 
 
 def _warn_adopted_options(ours: FisherOptions, saved: dict[str, Any]) -> None:
