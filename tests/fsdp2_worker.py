@@ -9,6 +9,7 @@ scratch directory for the distributed checkpoint. A scenario that raises records
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import sys
@@ -303,12 +304,18 @@ def scenario_resume(rank: int, cache: dict, scratch: Path) -> dict:
     result = compare(cache["fsdp2"], summary(model2, opt2))
     result.update(has_entry=has_entry, step_after_load=step_after_load)
 
-    # torch's own set_optimizer_state_dict drops the entry: refused, not silently reset.
+    # torch's own set_optimizer_state_dict drops the top-level entry: the mirror in the first
+    # param group carries it. Without the mirror too: refused, not silently reset.
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    plain = {k: v for k, v in state["optim"].items() if k != "fwlora"}
+    from fwlora.optim.checkpoint import without_entry
+
+    torch_only = {k: v for k, v in state["optim"].items() if k != "fwlora"}
+    set_optimizer_state_dict(model2, opt2, copy.deepcopy(torch_only))
+    result["torch_load_error"] = None
+    result["torch_step_after_load"] = opt2.fisher_weighting.step
     try:
-        set_optimizer_state_dict(model2, opt2, plain)
+        set_optimizer_state_dict(model2, opt2, without_entry(torch_only))
         result["plain_load_error"] = None
     except ValueError as exc:
         result["plain_load_error"] = str(exc)
