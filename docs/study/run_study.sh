@@ -5,6 +5,7 @@
 #   runs/study-a, runs/study-b   the λ sweep, odd / even seeds (merged by aggregate.sh)
 #   runs/premise                 fwlora targeting, k = 9 of 36, both rankings
 # Logs: runs/<part>.log. Aggregate and rebuild the page: docs/study/aggregate.sh
+# Stop: kill PID (any signal; the part is continued by the next start of this script).
 set -u
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -16,6 +17,14 @@ GRID=(--methods lora,fw-lora,l2-lora --target-ratios 0.03,0.1,0.3 --normalizatio
 mkdir -p runs
 part() {  # part NAME ARGS...: fresh, or --resume where a previous start left the folder
   local name=$1; shift
+  if pgrep -f -- "-o runs/$name( |$)" > /dev/null; then
+    echo "$name: already running (pid $(pgrep -f -- "-o runs/$name( |$)" | head -1))"; return
+  fi
+  # A part stopped by a signal other than Ctrl-C leaves its work in runs/.NAME.fwlora-*:
+  # move it into place, --resume continues it (finished runs skipped, checkpoints resumed).
+  local staged
+  staged=$(ls -d runs/."$name".fwlora-* 2>/dev/null | grep -v fwlora-old | head -1 || true)
+  if [ ! -d "runs/$name" ] && [ -n "$staged" ]; then mv "$staged" "runs/$name"; fi
   local mode=()
   [ -d "runs/$name" ] && mode=(--resume)
   nohup nice -n 19 "$PY" -m fwlora.cli "$@" "${SET[@]}" -o "runs/$name" "${mode[@]}" \
