@@ -15,8 +15,10 @@ folder() {  # the folder of part $1 that holds finished runs, if any
 parts=()
 for p in study-a study-b; do d=$(folder "$p"); [ -n "$d" ] && parts+=("$d"); done
 sweep=""  # none finished yet: the page says so and shows the design
-if [ ${#parts[@]} -gt 0 ]; then
+if [ ${#parts[@]} -gt 1 ]; then
   "$PY" -m fwlora.cli merge "${parts[@]}" -o runs/study --overwrite > runs/merge.log
   sweep=runs/study
+elif [ ${#parts[@]} -eq 1 ]; then  # merge needs two: the page reads that part's runs
+  sweep=${parts[0]}
 fi
 "$PY" docs/study/build_page.py "$sweep" "$(folder premise)" docs/study

@@ -336,6 +336,13 @@ SUPERSEDED = (
     "and its λ jumped from no effect to collapse, so its null result had no power. This "
     "page replaces it.</p></section>"
 )
+CURVES = (
+    '<figure class="img-pair"><img src="images/sweep_lambda_curve.png" style="width:48%" '
+    'alt="accuracy vs the target ratio"><img src="images/sweep_penalty_ratio.png" '
+    'style="width:48%" alt="penalty ratio"><figcaption>Left: accuracy vs the target ratio, '
+    "mean ± 95 % t-interval over seeds; grey band: plain LoRA. Right: "
+    "‖∇P‖/‖∇L_task‖.</figcaption></figure>"
+)
 DESIGN = (
     "Setting: drugreview3 (the offline drug reviews, 3 classes, 600 training and 379 held-out "
     "reviews), MiniLM-L6, LoRA r = 8 on query, key, value, attention output, intermediate and "
@@ -383,20 +390,28 @@ def build_pending(site: Path, premise: dict[str, Any] | None) -> Path:
 def build(sweep_dir: Path | None, premise_dir: Path | None, site: Path) -> Path:
     for sub in ("images", "figures", "data"):
         (site / sub).mkdir(parents=True, exist_ok=True)
-    if sweep_dir is None or not (sweep_dir / "metrics.json").is_file():
+    runs: list[dict[str, Any]] = []
+    if sweep_dir is not None and (sweep_dir / "metrics.json").is_file():  # an experiment
+        runs = list(json.loads((sweep_dir / "metrics.json").read_text())["runs"].values())
+    elif sweep_dir is not None:  # one part still running: its finished runs, no figures
+        runs = finished_runs(sweep_dir)
+    if not runs:
         premise = premise_doc(premise_dir) if premise_dir else None
         if premise:
             _premise_artefacts(premise, site)
         return build_pending(site, premise)
-    runs = list(json.loads((sweep_dir / "metrics.json").read_text())["runs"].values())
     for name in SWEEP_ARTEFACTS:
         if (sweep_dir / name).is_file():
             shutil.copyfile(sweep_dir / name, site / "data" / name)
+    curves = True
     for stem in SWEEP_FIGURES:
         for ext, sub in (("png", "images"), ("pdf", "figures")):
-            src = sweep_dir / "figures" / f"{stem}.{ext}"
+            src, dst = sweep_dir / "figures" / f"{stem}.{ext}", site / sub / f"{stem}.{ext}"
+            dst.unlink(missing_ok=True)  # none from an earlier build
             if src.is_file():
-                shutil.copyfile(src, site / sub / f"{stem}.{ext}")
+                shutil.copyfile(src, dst)
+            else:
+                curves = False
     family = family_tests(runs)
     check = majority_check(runs)
     ratios = penalty_ratios(runs)
@@ -450,11 +465,8 @@ def build(sweep_dir: Path | None, premise_dir: Path | None, site: Path) -> Path:
         "<section><h2>Results</h2><p>Held-out accuracy of the final epoch (no selection on the "
         "evaluation set), and the penalty's gradient relative to the task's (median over "
         f"penalised steps, then over seeds).</p>{_config_table(runs, ratios)}"
-        '<figure class="img-pair"><img src="images/sweep_lambda_curve.png" style="width:48%" '
-        'alt="accuracy vs lambda"><img src="images/sweep_penalty_ratio.png" style="width:48%" '
-        'alt="penalty ratio"><figcaption>Left: accuracy vs the target ratio, mean ± 95 % '
-        "t-interval over "
-        "seeds; grey band: plain LoRA. Right: ‖∇P‖/‖∇L_task‖.</figcaption></figure></section>",
+        + (CURVES if curves else "")
+        + "</section>",
         "<section><h2>Tests</h2><p>Each FW-LoRA variant against l2-lora at the same strength and "
         "against plain LoRA, paired by seed; Holm-corrected across the family (t and Wilcoxon "
         "separately). The detectable Δ is the smallest true mean paired difference the paired "
