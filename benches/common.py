@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import statistics
 import time
@@ -12,16 +13,25 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# gpu.sh --dry-run (the GPU run's code path on this CPU, tiny config) sets these: BENCH_DEVICE
+# forces the device, BENCH_RESULTS and BENCH_SUFFIX keep its files apart from the real ones,
+# BENCH_TINY shrinks the models (models.py).
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def device() -> torch.device:
+    forced = os.environ.get("BENCH_DEVICE")
+    if forced:
+        return torch.device(forced)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def suffix(dev: torch.device, full: bool = False) -> str:
     """Result-file suffix: "" for the CPU default, "_gpu" on CUDA, "_full" for the real
-    roberta-base config on CPU (so a GPU run never overwrites the CPU figures)."""
+    roberta-base config on CPU (so a GPU run never overwrites the CPU figures); BENCH_SUFFIX
+    overrides it (gpu.sh sets "_gpu")."""
+    if os.environ.get("BENCH_SUFFIX"):
+        return os.environ["BENCH_SUFFIX"]
     if dev.type == "cuda":
         return "_gpu"
     return "_full" if full else ""

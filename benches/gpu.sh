@@ -8,18 +8,39 @@
 #     command:   bash benches/gpu.sh
 #     carry:     ["dist"]
 #     timeout_s: 540
-# It installs the wheel (--no-deps: the device has every dependency), runs every benchmark
-# with the real roberta-base config, bf16 autocast and synthetic tokens (benches/run_all.py
-# --full --bf16), and writes benches/results/*_gpu.json|md and summary_gpu.md|json; with
-# $OUT set (the device tool), a tarball of them, the summary and the log come back.
+# It installs the wheel (--no-deps: the device has every dependency) into a scratch
+# directory put first on PYTHONPATH (the interpreter's own site-packages stay untouched),
+# runs every benchmark with the real roberta-base config, bf16 autocast and synthetic tokens
+# (benches/run_all.py --full --bf16), and writes benches/results/*_gpu.json|md and
+# summary_gpu.md|json; with $OUT set (the device tool), a tarball of them, the summary and
+# the log come back.
 # Budget: under 8 minutes on an H200 (about 3 expected: the benches themselves take ~2).
+#
+#     bash benches/gpu.sh --dry-run     # here, on the CPU, before spending device time
+# runs the same script end to end (wheel install, checks, run_all.py --full --bf16, the
+# tarball) with BENCH_DEVICE=cpu, BENCH_TINY=1 (a 2-layer hidden-64 model, 4 × 16 tokens)
+# and --quick, writing into a scratch directory instead of benches/results (~2 minutes).
+# PYTHON picks the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
-OUT_DIR=${OUT:-benches/results}
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+QUICK=()
+if [[ "${1:-}" == "--dry-run" ]]; then
+    export BENCH_DEVICE=cpu BENCH_TINY=1 BENCH_RESULTS="$SCRATCH/results"
+    QUICK=(--quick)
+    OUT=${OUT:-$SCRATCH/out}
+elif [[ -n "${1:-}" ]]; then
+    echo "gpu.sh: unknown argument '$1'; expected nothing or --dry-run" >&2
+    exit 2
+fi
+export BENCH_SUFFIX=_gpu
+RESULTS_DIR=${BENCH_RESULTS:-benches/results}
+OUT_DIR=${OUT:-$RESULTS_DIR}
 LOG="$OUT_DIR/gpu_log.txt"
-mkdir -p "$OUT_DIR" benches/results
+mkdir -p "$OUT_DIR" "$RESULTS_DIR"
 
 wheel=$(ls -t dist/fwlora-*-abi3-*.whl 2>/dev/null | head -n 1 || true)
 if [[ -z "$wheel" ]]; then
@@ -29,13 +50,18 @@ fi
 {
     echo "wheel: $wheel"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    $PY -m pip install --no-deps --no-index --quiet --force-reinstall "$wheel"
+    $PY -m pip install --no-deps --no-index --quiet --target "$SCRATCH/site" "$wheel"
+    export PYTHONPATH="$SCRATCH/site"
     $PY - <<'EOF'
+import os
 import fwlora, peft, scipy, torch, transformers
 print("fwlora", fwlora.__version__, fwlora.__file__)
-print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name())
+assert fwlora.__file__.startswith(os.environ["PYTHONPATH"]), "not the carried wheel"
+dry = os.environ.get("BENCH_DEVICE") == "cpu"
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      "dry run on the CPU" if dry else torch.cuda.get_device_name())
 print("transformers", transformers.__version__, "peft", peft.__version__, "scipy", scipy.__version__)
-assert torch.cuda.is_available(), "no CUDA device"
+assert dry or torch.cuda.is_available(), "no CUDA device"
 # The benchmarks import the installed wheel: it must hold this tree's Python code.
 from pathlib import Path
 installed, tree = Path(fwlora.__file__).parent, Path("python/fwlora")
@@ -45,15 +71,20 @@ stale = [str(f) for f in tree.rglob("*.py")
 assert not stale, f"the carried wheel is stale (rebuild it): {stale}"
 EOF
 } 2>&1 | tee "$LOG"
+export PYTHONPATH="$SCRATCH/site"  # the block above ran in a pipeline's subshell
 
 status=0
 # 7 minutes at most for the benchmarks, whatever happens: the summary is written at the end.
-timeout 420 $PY benches/run_all.py --full --bf16 2>&1 | tee -a "$LOG" || status=$?
+timeout 420 $PY benches/run_all.py --full --bf16 "${QUICK[@]}" 2>&1 | tee -a "$LOG" || status=$?
 
 if [[ -n "${OUT:-}" ]]; then
-    tar czf "$OUT/results_gpu.tgz" -C benches/results \
-        $(cd benches/results && ls ./*_gpu.* 2>/dev/null) || true
-    cp benches/results/summary_gpu.md "$OUT/" 2>/dev/null || true
+    tar czf "$OUT/results_gpu.tgz" -C "$RESULTS_DIR" \
+        $(cd "$RESULTS_DIR" && ls ./*_gpu.* 2>/dev/null) || true
+    cp "$RESULTS_DIR/summary_gpu.md" "$OUT/" 2>/dev/null || true
+fi
+if [[ -n "${BENCH_TINY:-}" ]]; then
+    echo "gpu.sh --dry-run: would bring back $(ls "$OUT" | tr '\n' ' ')holding:"
+    tar tzf "$OUT/results_gpu.tgz"
 fi
 echo "gpu.sh: run_all exit status $status" | tee -a "$LOG"
 exit "$status"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import torch
@@ -22,8 +23,25 @@ ADALORA_ORTH_REG = 0.5
 _BASES: dict[tuple, RobertaForSequenceClassification] = {}
 
 
+def tiny() -> bool:
+    """BENCH_TINY=1 (gpu.sh --dry-run): every model and batch shrunk to a smoke-test size."""
+    return os.environ.get("BENCH_TINY") == "1"
+
+
 def roberta_config(full: bool) -> RobertaConfig:
-    """The real roberta-base config (full) or a smaller one that a 2-core CPU can time."""
+    """The real roberta-base config (full) or a smaller one that a 2-core CPU can time
+    (BENCH_TINY=1: a tiny one either way)."""
+    if tiny():
+        return RobertaConfig(
+            vocab_size=1000,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=130,
+            type_vocab_size=1,
+            num_labels=2,
+        )
     if full:
         return RobertaConfig(
             vocab_size=50265,
@@ -136,8 +154,8 @@ def lora_shapes_model(dev: torch.device, seed: int = 0):
 def batch(full: bool, dev: torch.device, batch_size: int | None = None, seq: int | None = None):
     """Synthetic tokens: roberta-base runs (full) use batch 32 × 128 tokens, CPU 8 × 64."""
     cfg = roberta_config(full)
-    bs = batch_size or (32 if full else 8)
-    length = seq or (128 if full else 64)
+    bs = batch_size or (4 if tiny() else 32 if full else 8)
+    length = seq or (16 if tiny() else 128 if full else 64)
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(3, cfg.vocab_size, (bs, length), generator=gen)
     labels = torch.randint(0, 2, (bs,), generator=gen)

@@ -7,7 +7,7 @@ from peft import LoraConfig
 
 from compat_models import lm_batches, tiny_llama
 from fwlora import FisherAdamW, find_adapter_matrices
-from fwlora.optim.targets import check_active_adapters
+from fwlora.optim.targets import ActiveAdapterGuard, check_active_adapters
 
 
 def _two_adapter_model():
@@ -47,3 +47,23 @@ def test_step_after_set_adapter_raises_and_leaves_the_factors_alone():
         opt.step()
     after = [p.detach() for p in model.parameters() if p.requires_grad]
     assert all((a == b).all() for a, b in zip(after, factors))
+
+
+def test_guard_sees_one_layer_switched_and_switched_back():
+    """The per-step guard skips the full check while no layer's active adapter was reassigned;
+    set_adapter on a single layer is still caught, at every step until it is undone."""
+    model = _two_adapter_model()
+    matrices = find_adapter_matrices(model)
+    guard = ActiveAdapterGuard()
+    guard.check(matrices)
+    guard.check(matrices)  # unchanged: the cheap path
+    layer = matrices[1]
+    layer.module.set_adapter("b")
+    for _ in range(2):
+        with pytest.raises(ValueError, match=rf"{layer.name} changed from 'default'"):
+            guard.check(matrices)
+    layer.module.set_adapter("default")
+    guard.check(matrices)
+    model.set_adapter("b")
+    with pytest.raises(ValueError, match=r"changed from 'default'"):
+        guard.check(matrices)

@@ -7,7 +7,9 @@ import copy
 import pytest
 import torch
 
-from fwlora import FisherAdamW, adamw_param_groups
+from fwlora import FisherAdamW, adamw_param_groups, find_adapter_matrices
+from fwlora.optim.penalty import FisherPenalty
+from fwlora.optim.strength import PenaltyStrength
 from reference import ReferenceFWLoRA
 from tiny import batches, loss_of, tiny_lora_model
 
@@ -119,6 +121,54 @@ def test_penalty_grad_ratio_matches_autograd():
     assert opt.penalty_grad_ratios() == pytest.approx(ref.ratios, rel=1e-9)
     assert opt.penalty_grad_ratio == pytest.approx(ref.ratios[-1], rel=1e-9)
     assert all(r > 0 for r in ref.ratios)
+
+
+def test_penalty_grad_ratio_measured_on_documented_steps():
+    """‖∇L_task‖ costs a pass over the gradients, so the ratio is measured on the first
+    `every` penalised steps, then every `every`-th, and on a step forced by force_next();
+    measured values equal autograd's, and unmeasured steps are penalised all the same."""
+    data = batches(9)
+    ours, theirs = tiny_lora_model(seed=6), tiny_lora_model(seed=6)
+    kw = {"lr": 5e-3, "weight_decay": 0.01, "warmup": 2, "lam": 0.05}
+    opt = FisherAdamW(ours, **kw)
+    opt.fisher_weighting.strength = PenaltyStrength(every=3)
+    ref = ReferenceFWLoRA(theirs, **kw)
+    for t, batch in enumerate(data, start=1):
+        if t == 7:
+            opt.fisher_weighting.strength.force_next()
+        opt.zero_grad()
+        loss_of(ours, batch).backward()
+        opt.step()
+        ref.step(batch)
+    _assert_params_close(ours, theirs)
+    # Penalised steps j = t - K = 1..7: j <= 3, j % 3 == 0, and the forced j = 5.
+    steps = opt.penalty_grad_ratio_steps()
+    assert steps == [3, 4, 5, 7, 8]
+    assert opt.penalty_grad_ratios() == pytest.approx([ref.ratios[t - 3] for t in steps], rel=1e-9)
+    assert opt.penalty_grad_ratio == pytest.approx(ref.ratios[8 - 3], rel=1e-9)
+
+
+def test_penalty_grad_norm_from_grams_matches_autograd():
+    """‖∇P‖² from the r × r Gram matrices (no pass over the gradients) equals the squared
+    norm of autograd's gradient of the scaled penalty, and the added gradient is that one."""
+    model = tiny_lora_model(seed=3, random_b=True)
+    matrices = find_adapter_matrices(model)
+    factors = torch.linspace(0.1, 0.9, len(matrices), dtype=torch.float64).tolist()
+    penalty = FisherPenalty(matrices)
+    penalty.set_factors(factors)
+    assert len(penalty.groups) > 1  # several shape groups are summed
+    params = [p for m in matrices for p in (m.lora_A, m.lora_B)]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    sq = penalty.add_gradients(0.7, measure=True)
+    assert sq is not None and sq.dtype == torch.float64
+    value = 0.7 * sum(
+        f * (m.scaling * m.lora_B @ m.lora_A).pow(2).sum() for f, m in zip(factors, matrices)
+    )
+    expected = torch.autograd.grad(value, params)
+    assert float(sq) == pytest.approx(float(sum(g.pow(2).sum() for g in expected)), rel=1e-9)
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-15)
 
 
 def test_decoupled_reading_matches_reference():

@@ -193,8 +193,13 @@ class FisherAdamW(torch.optim.AdamW):
         return self.fisher_weighting.penalty_grad_ratio
 
     def penalty_grad_ratios(self) -> list[float]:
-        """‖∇P‖ / ‖∇L_task‖ of every penalised step so far."""
+        """‖∇P‖ / ‖∇L_task‖ of every measured penalised step so far (the first 16, then
+        every 16th)."""
         return self.fisher_weighting.penalty_grad_ratios()
+
+    def penalty_grad_ratio_steps(self) -> list[int]:
+        """The optimizer step of each value in `penalty_grad_ratios()`."""
+        return self.fisher_weighting.penalty_grad_ratio_steps()
 
     def penalty_value(self) -> torch.Tensor:
         return self.fisher_weighting.penalty_value()

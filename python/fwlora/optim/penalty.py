@@ -15,6 +15,11 @@ each rank stacks its local shards and needs only the full r × r Gram matrices:
     A Aᵀ is an all-reduce of r × r too and nothing is gathered.
 Every rank ends with the same Gram matrices, so P and the strength read-out agree across ranks;
 `add_gradients` and `value` are collectives there: every rank must call them.
+
+‖∇P‖² comes from the same r × r Gram matrices, with no pass over the gradients: writing
+G_A = A Aᵀ, G_B = BᵀB and c = 2 f s², ‖c·B G_A‖² = c² tr(G_A G_B G_A) and ‖c·G_B A‖² =
+c² tr(G_B G_B G_A), so ‖∇_(A,B) P‖² = c²·Σ_ij (G_A G_B)_ij (G_A + G_B)_ij (float64; exact up
+to rounding, and the same on every rank under FSDP2 without a collective).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fwlora.optim.distributed import is_dtensor, sharded_sum
+from fwlora.optim.distributed import is_dtensor
 from fwlora.optim.targets import AdapterMatrix
 
 
@@ -112,21 +117,19 @@ class FisherPenalty:
         """grad += scale · ∂P/∂(A, B) for every adapter (a missing grad is created).
 
         With `measure`, returns ‖scale · ∂P/∂(A, B)‖² over all factors as a float64 0-d
-        tensor on the factors' device (no host sync); else None.
+        tensor on the factors' device (no host sync; from the r × r Gram matrices, see the
+        module docstring); else None.
         """
         if self._coef is None:
             raise RuntimeError("FisherPenalty.add_gradients before set_factors")
         sq_norms = []
-        sharded_sq: list[tuple[torch.Tensor, torch.Tensor]] = []  # (local Σ g², factor)
         for i, group in enumerate(self.groups):
             if group.sharded:
                 coef = self._follow(i, _local(group.lora_A[0]))
                 c = coef if scale == 1.0 else coef * scale
-                grad_a, grad_b = _sharded_terms(group, c)
+                grad_a, grad_b, gram_a, gram_b = _sharded_terms(group, c)
                 if measure:
-                    for g, like in ((grad_a, group.lora_A[0]), (grad_b, group.lora_B[0])):
-                        local_sq = torch.linalg.vector_norm(g, dtype=torch.float64).square()
-                        sharded_sq.append((local_sq, like))
+                    sq_norms.append(_grad_sq_norm(gram_a, gram_b, c))
                 _accumulate_sharded(group.lora_B, grad_b)
                 _accumulate_sharded(group.lora_A, grad_a)
                 continue
@@ -134,19 +137,18 @@ class FisherPenalty:
             b = torch.stack(group.lora_B)  # (n, out, r)
             coef = self._follow(i, a)
             c = coef if scale == 1.0 else coef * scale
+            gram_a = torch.bmm(a, a.mT)
+            gram_b = torch.bmm(b.mT, b)
+            if measure:
+                sq_norms.append(_grad_sq_norm(gram_a, gram_b, c))
             # Scale the r × r Gram matrices, not the (out × r) / (r × in) products: same
             # result, two fewer passes over the adapter-sized tensors.
-            grad_b = torch.bmm(b, torch.bmm(a, a.mT).mul_(c))
-            grad_a = torch.bmm(torch.bmm(b.mT, b).mul_(c), a)
-            if measure:
-                for g in (grad_a, grad_b):
-                    sq_norms.append(torch.linalg.vector_norm(g, dtype=torch.float64).square())
-            _accumulate(group.lora_B, grad_b)
-            _accumulate(group.lora_A, grad_a)
+            grad_b = torch.bmm(b, gram_a.mul_(c))
+            grad_a = torch.bmm(gram_b.mul_(c), a)
+            # One batched add for the group's A and B gradients.
+            _accumulate(group.lora_B + group.lora_A, [*grad_b.unbind(0), *grad_a.unbind(0)])
         if not measure:
             return None
-        if sharded_sq:
-            sq_norms.append(sharded_sum(sharded_sq))
         device = sq_norms[0].device
         return torch.stack([v.to(device) for v in sq_norms]).sum()
 
@@ -179,12 +181,19 @@ class FisherPenalty:
         return total
 
 
-def _accumulate(params: list[torch.Tensor], grads: torch.Tensor) -> None:
-    with_grad = [p for p in params if p.grad is not None]
+def _grad_sq_norm(gram_a: torch.Tensor, gram_b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Σ_n ‖c_n·B_n G_A,n‖² + ‖c_n·G_B,n A_n‖² from the (n, r, r) Gram matrices, float64."""
+    ga, gb = gram_a.to(torch.float64), gram_b.to(torch.float64)
+    per_matrix = (torch.bmm(ga, gb) * (ga + gb)).sum(dim=(1, 2))
+    return (per_matrix * c.to(torch.float64).view(-1).square()).sum()
+
+
+def _accumulate(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    with_grad = [p.grad for p in params if p.grad is not None]
     if len(with_grad) == len(params):
-        torch._foreach_add_([p.grad for p in with_grad if p.grad is not None], grads.unbind(0))
+        torch._foreach_add_(with_grad, grads)
         return
-    for p, g in zip(params, grads.unbind(0)):
+    for p, g in zip(params, grads):
         if p.grad is None:
             p.grad = g.clone()
         else:
@@ -243,8 +252,11 @@ def _rows_of(whole: torch.Tensor, like: Any) -> torch.Tensor:
     return replicated.redistribute(mesh, like.placements).to_local()
 
 
-def _sharded_terms(group: _ShapeGroup, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's shards of c·(BᵀB) A and c·B (A Aᵀ), stacked (n, ...)."""
+def _sharded_terms(
+    group: _ShapeGroup, c: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's shards of c·(BᵀB) A and c·B (A Aᵀ), stacked (n, ...), and the full (n, r, r)
+    Gram matrices A Aᵀ and BᵀB (the same on every rank)."""
     a, b = _stack(group.lora_A), _stack(group.lora_B)
     gram_a, a_t, a_whole = _gram(a, 2)
     gram_b, b_t, b_whole = _gram(b, 1)
@@ -254,7 +266,7 @@ def _sharded_terms(group: _ShapeGroup, c: torch.Tensor) -> tuple[torch.Tensor, t
         grad_a = _rows_of(grad_a, a)
     if b_whole:
         grad_b = _rows_of(grad_b, b)
-    return grad_a, grad_b
+    return grad_a, grad_b, gram_a, gram_b
 
 
 def _accumulate_sharded(params: list[torch.Tensor], grads: torch.Tensor) -> None:

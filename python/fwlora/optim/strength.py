@@ -3,6 +3,13 @@
 At the paper's λ = 1e-4 the penalty's gradient can be a thousandth of the task's, which makes
 FW-LoRA numerically plain LoRA; this ratio makes that visible. Each step's ratio stays on the
 device (no host sync) in a growing buffer; reading it syncs once.
+
+Which steps are measured. ‖∇P‖² is free (the penalty's r × r Gram matrices), but ‖∇L_task‖²
+is a pass over every LoRA gradient, so it is taken on the first `MEASURE_EVERY` (16) penalised
+steps and then on every 16th: penalised step j = t − K (t the optimizer step, K the warm-up)
+is measured when j ≤ 16 or j % 16 == 0 (`is_measured`). The first penalised step is always
+measured, and `force_next()` makes the next penalised step measured whatever its number.
+`steps()` lists the measured steps, in the order of `history()`.
 """
 
 from __future__ import annotations
@@ -14,17 +21,30 @@ import torch
 from fwlora.optim.distributed import sq_norm_sum
 
 _CHUNK = 1024
+MEASURE_EVERY = 16  # after the first 16 penalised steps, ‖∇L_task‖ on every 16th
 
 
 class PenaltyStrength:
-    """Records one ratio per penalised step, on the device of the LoRA factors."""
+    """Records one ratio per measured penalised step, on the device of the LoRA factors."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: int = MEASURE_EVERY) -> None:
+        assert every >= 1, every
+        self.every = every
         self._chunks: list[torch.Tensor] = []
+        self._steps: list[int] = []  # the optimizer step of each recorded ratio
         self._count = 0
+        self._forced = False
 
     def __len__(self) -> int:
         return self._count
+
+    def is_measured(self, penalised_step: int) -> bool:
+        """Whether penalised step j (1 = the first after warm-up) is measured."""
+        return self._forced or penalised_step <= self.every or penalised_step % self.every == 0
+
+    def force_next(self) -> None:
+        """Measures the next penalised step, whatever its number."""
+        self._forced = True
 
     @staticmethod
     def grad_sq_norm(params: Sequence[torch.Tensor]) -> torch.Tensor | None:
@@ -32,8 +52,12 @@ class PenaltyStrength:
         # FSDP2 shards (DTensors): the global sum, one scalar all-reduce.
         return sq_norm_sum(p.grad for p in params if p.grad is not None)
 
-    def record(self, penalty_sq: torch.Tensor, task_sq: torch.Tensor | None) -> None:
-        """Appends sqrt(penalty_sq / task_sq) (inf when the task gradient is 0 or absent)."""
+    def record(
+        self, penalty_sq: torch.Tensor, task_sq: torch.Tensor | None, step: int | None = None
+    ) -> None:
+        """Appends sqrt(penalty_sq / task_sq) (inf when the task gradient is 0 or absent),
+        measured at optimizer step `step` (listed by `steps()`)."""
+        self._forced = False
         if task_sq is None:
             task_sq = torch.zeros((), dtype=torch.float64, device=penalty_sq.device)
         ratio = (penalty_sq.to(torch.float64) / task_sq.to(penalty_sq.device)).sqrt()
@@ -42,6 +66,7 @@ class PenaltyStrength:
             self._chunks.append(torch.empty(_CHUNK, dtype=torch.float64, device=ratio.device))
         chunk = self._chunks[-1]
         chunk[slot] = ratio.to(chunk.device)
+        self._steps.append(self._count + 1 if step is None else step)
         self._count += 1
 
     def latest(self) -> float | None:
@@ -54,6 +79,12 @@ class PenaltyStrength:
             return []
         return torch.cat(self._chunks).cpu()[: self._count].tolist()
 
+    def steps(self) -> list[int]:
+        """The optimizer step of each ratio in `history()`."""
+        return list(self._steps)
+
     def reset(self) -> None:
         self._chunks.clear()
+        self._steps.clear()
         self._count = 0
+        self._forced = False

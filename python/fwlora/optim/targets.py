@@ -15,6 +15,7 @@ tensor-parallel layers.
 from __future__ import annotations
 
 import fnmatch
+import operator
 import re
 import warnings
 from collections.abc import Iterable
@@ -278,11 +279,39 @@ def _warn_shared_weights(model: nn.Module, matrices: list[AdapterMatrix]) -> Non
             )
 
 
+class ActiveAdapterGuard:
+    """`check_active_adapters` at every optimizer step, at the cost of one identity test per
+    module while nothing changed.
+
+    peft's ``set_adapter`` (on the model or on one layer) and ``delete_adapter`` assign a new
+    object to the layer's ``_active_adapter``; while every layer still holds the object seen at
+    the last full check, the active adapters are the ones that check accepted. A layer without
+    ``_active_adapter`` is checked in full at every step.
+    """
+
+    def __init__(self) -> None:
+        self._seen: list[Any] | None = None
+
+    def check(self, matrices: list[AdapterMatrix]) -> None:
+        current = [getattr(m.module, "_active_adapter", _UNKNOWN) for m in matrices]
+        seen = self._seen
+        if seen is not None and len(seen) == len(current) and all(map(operator.is_, current, seen)):
+            return
+        self._seen = None
+        check_active_adapters(matrices)
+        if all(c is not _UNKNOWN for c in current):
+            self._seen = current  # holds the objects, so their identities stay unique
+
+
+_UNKNOWN = object()
+
+
 def check_active_adapters(matrices: list[AdapterMatrix]) -> None:
     """ValueError if any module's active adapter is no longer the one FW-LoRA was built for.
 
-    Called at every optimizer step: after ``model.set_adapter("b")`` the factors FW-LoRA
-    observes and penalises would belong to an adapter that no longer trains.
+    Called at every optimizer step (through `ActiveAdapterGuard`): after
+    ``model.set_adapter("b")`` the factors FW-LoRA observes and penalises would belong to an
+    adapter that no longer trains.
     """
     for m in matrices:
         active = list(getattr(m.module, "active_adapters", [m.adapter]))

@@ -51,8 +51,8 @@ from fwlora.optim.penalty import FisherPenalty
 from fwlora.optim.statistics import GradientStatistics
 from fwlora.optim.strength import PenaltyStrength
 from fwlora.optim.targets import (
+    ActiveAdapterGuard,
     AdapterMatrix,
-    check_active_adapters,
     check_trainable,
     find_adapter_matrices,
 )
@@ -87,6 +87,7 @@ class FisherWeighting:
         self.penalty = FisherPenalty(self.matrices)
         self.strength = PenaltyStrength()
         self.calibration = Calibration()
+        self._active_adapters = ActiveAdapterGuard()
         self._factors = [p for m in self.matrices for p in (m.lora_A, m.lora_B)]
         self._rows: list[torch.Tensor] = []  # observed rows not yet in the core
         self._first_row_checked = False
@@ -162,13 +163,18 @@ class FisherWeighting:
 
     @property
     def penalty_grad_ratio(self) -> float | None:
-        """‖∇P‖ / ‖∇L_task‖ over all LoRA factors at the latest penalised step (None before
-        the first, and with penalty="decoupled", which adds no gradient)."""
+        """‖∇P‖ / ‖∇L_task‖ over all LoRA factors at the latest measured penalised step (None
+        before the first, and with penalty="decoupled", which adds no gradient). Measured:
+        the first 16 penalised steps, then every 16th (`penalty_grad_ratio_steps()`)."""
         return self.strength.latest()
 
     def penalty_grad_ratios(self) -> list[float]:
-        """‖∇P‖ / ‖∇L_task‖ of every penalised step so far (one host transfer)."""
+        """‖∇P‖ / ‖∇L_task‖ of every measured penalised step so far (one host transfer)."""
         return self.strength.history()
+
+    def penalty_grad_ratio_steps(self) -> list[int]:
+        """The optimizer step of each value in `penalty_grad_ratios()`."""
+        return self.strength.steps()
 
     def penalty_value(self) -> torch.Tensor:
         """The penalty term the next step adds to the objective, at the current weights:
@@ -301,7 +307,7 @@ class FisherWeighting:
     @torch.no_grad()
     def before_step(self) -> None:
         """Adds the penalty for the step about to be taken (nothing during warm-up)."""
-        check_active_adapters(self.matrices)  # set_adapter() since construction: refused
+        self._active_adapters.check(self.matrices)  # set_adapter() since construction: refused
         if not self._checked_factors:
             # FSDP2 (accelerate, the Trainer) shards the model after the optimizer is built and
             # remaps the optimizer to the new parameters: adopt them; refuse anything else.
@@ -327,10 +333,16 @@ class FisherWeighting:
             assert self._optimizer is not None
             scale_decoupled_decay(self._optimizer, self.matrices, self._decay_weights, scale)
         elif lam:
-            task_sq = self.strength.grad_sq_norm(self._factors)
+            # ‖∇P‖ / ‖∇L_task‖ on the steps PenaltyStrength measures (the first penalised steps,
+            # then every 16th): ‖∇L_task‖ is the one pass over the gradients it costs.
+            step = self.step + 1
+            if not self.strength.is_measured(step - self.options.warmup):
+                self.penalty.add_gradients(scale)
+                return
+            task_sq = self.strength.grad_sq_norm(self._factors)  # before the penalty joins
             penalty_sq = self.penalty.add_gradients(scale, measure=True)
             assert penalty_sq is not None
-            self.strength.record(penalty_sq, task_sq)
+            self.strength.record(penalty_sq, task_sq, step)
 
     @torch.no_grad()
     def after_step(self) -> None:
