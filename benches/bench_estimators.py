@@ -23,7 +23,17 @@ import torch
 from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device, md_table, measure, paired, ratio_cell, suffix, write
+from common import (
+    device,
+    md_table,
+    measure,
+    paired,
+    ratio_cell,
+    suffix,
+    target,
+    target_line,
+    write,
+)
 from fwlora import FisherAdamW, adamw_param_groups
 from models import batch, build, roberta_config
 
@@ -97,6 +107,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--full", action="store_true", help="real roberta-base config")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 9, GPU 15)")
     args = parser.parse_args(argv)
     dev = device()
     autocast = (
@@ -114,6 +125,7 @@ def main(argv=None) -> dict:
         rounds, inner = (5, 5) if args.quick else (15, 10)
     else:
         rounds, inner = (3, 2) if args.quick else (9, 3)
+    rounds = args.rounds or rounds
     m = measure(cases, rounds, inner, baseline="plain LoRA (no statistic)")
     exact = imp["exact"]
     rows, accuracy, vs_exact = [], {}, {}
@@ -154,6 +166,15 @@ def main(argv=None) -> dict:
         f"interleaved rounds × {inner} steps. Random weights: the importances of a trained "
         "model differ, the estimators' agreement is what is measured."
     )
+    targets = [
+        target(
+            'warm-up step, estimator="adapter" / plain LoRA',
+            m["ratio"]["adapter"],
+            1.02,
+            spread=m["ratio_q1_q3"]["adapter"],
+        )
+    ]
+    table += "\n\n" + "\n".join(target_line(t) for t in targets)
     payload = {
         "seconds": m["seconds"],
         "ratio_vs_lora": m["ratio"],
@@ -164,6 +185,7 @@ def main(argv=None) -> dict:
         "warmup_steps": warmup,
         "rounds": rounds,
         "inner": inner,
+        "targets": targets,
     }
     write("estimators" + suffix(dev, args.full), payload, table)
     return payload

@@ -11,6 +11,10 @@ GPU run can decide whether one is worth moving into fwlora/optim/penalty.py.
 * BufferedPenalty — the shipped grouping and kernels, but the stacks, Grams and products
   written into buffers allocated once (`out=`), and one foreach_add for all 2M gradients
   instead of one per group and factor: no per-step allocation, 25 kernels instead of 30.
+* AddmmPenalty — the shipped stacks and Gram bmm, then each gradient updated in place by one
+  addmm_ (grad += B·(c·G_A), grad += (c·G_B)·A): no (n × ...) product tensors and no separate
+  add pass (less memory traffic), at the price of one small kernel per factor (144 on
+  roberta-base) instead of 2 bmm + 1 foreach_add per group.
 * GraphPenalty (CUDA) — the shipped grouping, its stacks, Grams and products captured once
   in a CUDA graph writing static buffers; a step is one graph replay and one foreach_add.
   Valid while the LoRA parameters keep their storage (checked here by data_ptr).
@@ -99,6 +103,23 @@ class BufferedPenalty:
             torch.bmm(torch.bmm(b.mT, b, out=gram_b).mul_(c), a, out=grad_a)
             targets += [p.grad for p in group.lora_B] + [p.grad for p in group.lora_A]
         torch._foreach_add_(targets, self.sources)
+
+
+class AddmmPenalty:
+    def __init__(self, penalty) -> None:
+        """`penalty`: a fwlora FisherPenalty with its factors set."""
+        self.penalty = penalty
+
+    @torch.no_grad()
+    def add_gradients(self) -> None:
+        for i, group in enumerate(self.penalty.groups):
+            a, b = torch.stack(group.lora_A), torch.stack(group.lora_B)
+            c = self.penalty._coef[i]
+            gram_a = torch.bmm(a, a.mT).mul_(c)
+            gram_b = torch.bmm(b.mT, b).mul_(c)
+            for k, (fa, fb) in enumerate(zip(group.lora_A, group.lora_B)):
+                fb.grad.addmm_(fb, gram_a[k])
+                fa.grad.addmm_(gram_b[k], fa)
 
 
 class GraphPenalty:

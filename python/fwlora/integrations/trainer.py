@@ -85,7 +85,7 @@ class FisherCallback(TrainerCallback):
       ``fwlora/step``, ``fwlora/penalty`` (the term in effect, scale·λ·Σ (1 - I_m)·‖ΔW_m‖²_F;
       0 during warm-up and with penalty="decoupled") and,
       once the penalty acts, ``fwlora/penalty_grad_ratio`` (‖∇P‖/‖∇L_task‖ over the LoRA
-      factors at the latest penalised step), ``fwlora/lam`` (λ in effect; with lam="auto"
+      factors at the latest measured penalised step), ``fwlora/lam`` (λ in effect; with lam="auto"
       from its calibration on) and ``fwlora/target_ratio`` (lam="auto" only);
       ``fwlora/importance/<module>`` at the first log
       after the importances freeze (and after each refresh) — they are constant in between;
