@@ -27,6 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from common import bytes_alive_after, device, md_table, peak_step_bytes, suffix, target, write
 from fwlora import FisherAdamW
+from models import tiny
 
 LAYERS, HIDDEN, FFN, VOCAB = 4, 128, 256, 1000
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -84,7 +85,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="8 × 64 tokens instead of 8 × 256")
     args = parser.parse_args(argv)
     dev = device()
-    batch, seq = 8, 64 if args.quick else 256
+    batch, seq = (4, 16) if tiny() else (8, 64 if args.quick else 256)  # tiny: gpu.sh --dry-run
     methods = ["lora", "fw-warmup-exact", "fw-warmup-sketch"]
     results = {
         ckpt: {m: measure_case(m, ckpt == "checkpointing", dev, batch, seq) for m in methods}
