@@ -183,8 +183,9 @@ def _answer(family: dict[str, Any], premise: dict[str, Any] | None, seeds: list[
     tests = [t for t in family["tests"] if len(t["seeds"]) >= 2]
     if not tests:
         return (
-            f"Too few seeds are in to test anything yet ({len(seeds)} complete of "
-            f"{PLANNED_SEEDS} planned)."
+            "Not answered yet: no comparison has two paired seeds so far "
+            f"({len(seeds)} of {PLANNED_SEEDS} planned seeds complete); the study is still "
+            "running and this page states no result beyond the status below."
         )
 
     def holm_p(t: dict[str, Any]) -> float:  # no p-value: the differences do not vary
