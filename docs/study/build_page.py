@@ -184,8 +184,9 @@ def _answer(family: dict[str, Any], premise: dict[str, Any] | None, seeds: list[
     if not tests:
         return (
             "Not answered yet: no comparison has two paired seeds so far "
-            f"({len(seeds)} of {PLANNED_SEEDS} planned seeds complete); the study is still "
-            "running and this page states no result beyond the status below."
+            f"({len(seeds)} of {PLANNED_SEEDS} planned seeds complete); the study is in "
+            "progress (docs/study/run_study.sh continues it) and this page states no result "
+            "beyond the status below."
         )
 
     def holm_p(t: dict[str, Any]) -> float:  # no p-value: the differences do not vary
