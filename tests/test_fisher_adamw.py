@@ -148,6 +148,27 @@ def test_penalty_grad_ratio_measured_on_documented_steps():
     assert opt.penalty_grad_ratio == pytest.approx(ref.ratios[8 - 3], rel=1e-9)
 
 
+def test_ratio_every_one_measures_every_penalised_step():
+    """ratio_every=1 (what the harness uses): one read-out per penalised step, each equal to
+    autograd's, so a median over penalty_grad_ratios() is the median over the run; a value
+    below 1 is refused naming the option."""
+    data = batches(7)
+    ours, theirs = tiny_lora_model(seed=7), tiny_lora_model(seed=7)
+    kw = {"lr": 5e-3, "weight_decay": 0.01, "warmup": 2, "lam": 0.05}
+    opt = FisherAdamW(ours, ratio_every=1, **kw)
+    ref = ReferenceFWLoRA(theirs, **kw)
+    for batch in data:
+        opt.zero_grad()
+        loss_of(ours, batch).backward()
+        opt.step()
+        ref.step(batch)
+    _assert_params_close(ours, theirs)
+    assert opt.penalty_grad_ratio_steps() == [3, 4, 5, 6, 7]
+    assert opt.penalty_grad_ratios() == pytest.approx([ref.ratios[j] for j in range(5)], rel=1e-9)
+    with pytest.raises(ValueError, match="ratio_every"):
+        FisherAdamW(tiny_lora_model(seed=7), ratio_every=0)
+
+
 def test_penalty_grad_norm_from_grams_matches_autograd():
     """‖∇P‖² from the r × r Gram matrices (no pass over the gradients) equals the squared
     norm of autograd's gradient of the scaled penalty, and the added gradient is that one."""

@@ -93,6 +93,9 @@ def build_optimizer(model, cfg: RunConfig, total_steps: int):
             alpha=cfg.fisher_alpha,
             normalization=cfg.normalization,
             seed=cfg.seed,
+            # Every penalised step's ratio, so metrics' median is the run's median (a pass
+            # over the LoRA gradients per step: research read-out over speed).
+            ratio_every=1,
         )
     from fwlora.optim import adamw_param_groups
 

@@ -89,6 +89,7 @@ class FisherAdamW(torch.optim.AdamW):
         flush_every: int = DEFAULTS.flush_every,
         accumulation_steps: int = DEFAULTS.accumulation_steps,
         seed: int = DEFAULTS.seed,
+        ratio_every: int = DEFAULTS.ratio_every,
         exclude: tuple[str, ...] = DEFAULTS.exclude,
         params: Any = None,
         amsgrad: bool = False,
@@ -125,6 +126,7 @@ class FisherAdamW(torch.optim.AdamW):
             flush_every=flush_every,
             accumulation_steps=accumulation_steps,
             seed=seed,
+            ratio_every=ratio_every,
             exclude=exclude,
         )
         fisher_weighting = FisherWeighting(model, options)

@@ -18,6 +18,7 @@ from typing import Any
 
 from fwlora._core import FisherCore
 from fwlora.optim.calibration import DEFAULT_TARGET_RATIO, check_strength
+from fwlora.optim.strength import MEASURE_EVERY
 
 _CORE = FisherCore.defaults()
 CORE_OPTIONS = tuple(_CORE)  # the options the Rust core holds and validates
@@ -72,6 +73,13 @@ class FisherOptions:
         minimum=1,
     )
     seed: int = _opt(0, "seed of the sketch's random projections", minimum=0)
+    ratio_every: int = _opt(
+        MEASURE_EVERY,
+        "penalty_grad_ratio read-out: ‖∇L_task‖ (a pass over the LoRA gradients) on the first "
+        "N penalised steps, then every Nth; 1 measures every penalised step, so a median over "
+        "the read-outs is the median over the run (the harness uses 1)",
+        minimum=1,
+    )
     exclude: tuple[str, ...] = _opt(
         (), "LoRA modules left out of FW-LoRA: exact names or fnmatch patterns"
     )

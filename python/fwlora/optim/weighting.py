@@ -85,7 +85,7 @@ class FisherWeighting:
         self.core = FisherCore(len(self.matrices), **options.core_options())
         self.statistics = self._new_statistics()
         self.penalty = FisherPenalty(self.matrices)
-        self.strength = PenaltyStrength()
+        self.strength = PenaltyStrength(options.ratio_every)
         self.calibration = Calibration()
         self._active_adapters = ActiveAdapterGuard()
         self._factors = [p for m in self.matrices for p in (m.lora_A, m.lora_B)]
