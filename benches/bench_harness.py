@@ -1,7 +1,7 @@
 """The harness's own cost: one `fwlora train` run against a minimal hand-written loop doing
 the same work, in the same process, under the same thread count.
 
-    python benches/bench_harness.py [--rounds 2] [--epochs 3] [--method lora]
+    python benches/bench_harness.py [--rounds 2] [--epochs 3] [--method lora] [--evaluate final]
 
 The setting is the study's (docs/study): drugreview3, MiniLM-L6, 3 epochs, 64 tokens with
 left truncation, lr 1e-3, batch 16, LoRA r = 8 on query/key/value/intermediate/output with
@@ -62,13 +62,13 @@ SETTING = {
 }
 
 
-def harness_run(method: str, epochs: int, out: Path) -> float:
+def harness_run(method: str, epochs: int, out: Path, evaluate: str) -> float:
     """One `fwlora train` run; its final held-out accuracy."""
     import json
 
     from fwlora.cli import main
 
-    flags = {**SETTING, "epochs": str(epochs), "method": method}
+    flags = {**SETTING, "epochs": str(epochs), "method": method, "evaluate": evaluate}
     argv = ["train", "-o", str(out), "--quiet"]
     for key, value in flags.items():
         argv += [f"--{key}", value]
@@ -165,7 +165,8 @@ def report(args, seconds: dict, wall: dict, accuracy: dict) -> None:
     header = ["path", "median CPU s per run", "median wall s", "final accuracy per round"]
     table = md_table(header, rows)
     md = (
-        f"# Harness vs hand-written loop ({args.method}, {args.epochs} epochs, "
+        f"# Harness vs hand-written loop ({args.method}, {args.epochs} epochs, harness "
+        f"--evaluate {args.evaluate}, "
         f"{len(ratios)} of {args.rounds} rounds)\n\n{table}\n\n"
         "CPU-time ratio harness / loop per round: "
         f"{', '.join(f'{x:.3f}' for x in ratios)}\n\n{target_line(check)}\n"
@@ -173,6 +174,7 @@ def report(args, seconds: dict, wall: dict, accuracy: dict) -> None:
     result = {
         "method": args.method,
         "epochs": args.epochs,
+        "evaluate": args.evaluate,
         "setting": SETTING,
         "cpu_seconds": seconds,
         "wall_seconds": wall,
@@ -180,7 +182,8 @@ def report(args, seconds: dict, wall: dict, accuracy: dict) -> None:
         "ratios": ratios,
         "targets": [check],
     }
-    write("harness" if args.method == "lora" else f"harness_{args.method}", result, md)
+    name = "harness" if args.method == "lora" else f"harness_{args.method}"
+    write(name + ("_eval_final" if args.evaluate == "final" else ""), result, md)
     print(f"written to {RESULTS}")
 
 
@@ -189,11 +192,25 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--method", choices=("lora", "fw-lora"), default="lora")
+    parser.add_argument(
+        "--evaluate", choices=("every-epoch", "final"), default="every-epoch", help="the harness's"
+    )
     args = parser.parse_args()
+    # Imports are not what is measured: everything either path imports, before round 0
+    # (else the first path of round 0 pays for both, e.g. transformers' lazy BERT modules).
     import matplotlib.pyplot  # noqa: F401
     import peft  # noqa: F401
+    import scipy.stats  # noqa: F401
+    import transformers.models.bert.modeling_bert  # noqa: F401
+    from transformers import (  # noqa: F401
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
 
     import fwlora.cli
+    import fwlora.harness.experiment
     import fwlora.harness.report  # noqa: F401
 
     seconds: dict[str, list[float]] = {"harness": [], "loop": []}
@@ -205,7 +222,8 @@ def main() -> None:
             for case in order:
                 start, cpu = time.perf_counter(), time.process_time()
                 if case == "harness":
-                    acc = harness_run(args.method, args.epochs, Path(tmp) / f"run{r}")
+                    out = Path(tmp) / f"run{r}"
+                    acc = harness_run(args.method, args.epochs, out, args.evaluate)
                 else:
                     acc = loop_run(args.method, args.epochs)
                 seconds[case].append(time.process_time() - cpu)

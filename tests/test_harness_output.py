@@ -12,7 +12,7 @@ import fwlora.harness.train as train_module
 from fwlora.cli import main
 from fwlora.harness.output import MARKER
 from fwlora.harness.resources import PeakMemory
-from tiny import settings_flags, tiny_settings
+from tiny import as_written_before_evaluate, settings_flags, tiny_settings
 
 
 @pytest.fixture(scope="module")
@@ -536,3 +536,41 @@ def test_a_reader_that_goes_away_stops_nothing(tiny, tmp_path):
     assert process.returncode == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert (out / "metrics.json").is_file() and (out / "report" / "index.html").is_file()
+
+
+def test_resume_accepts_an_experiment_written_before_a_setting_existed(
+    tiny, finished, tmp_path, capsys
+):
+    """A setting added later (ADDED_SETTINGS) reads, in an older plan, as the value its runs
+    used; a different value is still a different plan."""
+    old = _copy(finished, tmp_path)
+    as_written_before_evaluate(old)
+    before = _snapshot(old)
+    assert _train(tiny, old, "--resume", epochs=1, evaluate="final") == 2
+    assert "--resume needs the same settings" in capsys.readouterr().err
+    assert _snapshot(old) == before
+    assert _train(tiny, old, "--resume", epochs=1) == 0  # the finished run is kept
+    assert json.loads((old / f"runs/{RUN}/metrics.json").read_text()) == json.loads(
+        before[f"runs/{RUN}/metrics.json"]
+    )
+    assert (old / "experiment.yaml").read_text().endswith("format: 2\n")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda text: text.replace("format: 2\n", ""), "damaged or truncated (ValueError: run 1"),
+        (lambda text: text.replace("format: 2", "format: 3"), "plan format 3, written by a newer"),
+        (lambda text: text.replace("  seed:", "  old_seed:"), "run 1 lacks seed (cut short"),
+    ],
+)
+def test_a_plan_in_another_format_is_one_line(tiny, finished, tmp_path, capsys, edit, message):
+    old = _copy(finished, tmp_path)
+    plan = old / "experiment.yaml"
+    plan.write_text(edit(plan.read_text()))
+    before = _snapshot(old)
+    assert _train(tiny, old, "--resume", epochs=1) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    _one_line(err, "train")
+    assert _snapshot(old) == before

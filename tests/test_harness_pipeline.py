@@ -299,3 +299,21 @@ def test_predictions_keep_the_evaluation_order(experiment, settings):
         assert pred["labels"] == labels
         correct = sum(p == t for p, t in zip(pred["final"], labels))
         assert correct / len(labels) == pytest.approx(run["final_eval_acc"])
+
+
+def test_evaluate_final_skips_the_other_epochs_and_trains_identically(settings, tmp_path):
+    """evaluate="final": one evaluation, after the last epoch; the training is the same as
+    with per-epoch evaluation (evaluating draws no random numbers and changes no weight)."""
+    every = build_config(settings, {"method": "fw-lora", "seed": 3})
+    final = every.replace(evaluate="final")
+    a = run_experiment([every], tmp_path / "every").runs[0]
+    b = run_experiment([final], tmp_path / "final").runs[0]
+    assert [("eval_acc" in h) for h in b["epochs"]] == [False, True]
+    assert b["train_loss_steps"] == a["train_loss_steps"]
+    assert b["final_eval_acc"] == a["final_eval_acc"]
+    assert b["best_eval_acc"] == b["final_eval_acc"] and b["best_epoch"] == 2
+    assert b["fisher"]["fisher"] == a["fisher"]["fisher"]
+    preds = _load(tmp_path / "final" / "runs" / b["run"] / "predictions.json")
+    assert preds["best"] == preds["final"]
+    figures = tmp_path / "final" / "figures"
+    assert (figures / f"{b['run']}_eval_acc_learning_curve.png").is_file()

@@ -27,7 +27,7 @@ from fwlora.harness.sweep import (
     write_sweep,
 )
 from fwlora.harness.train import WEAK_PENALTY_RATIO, penalty_message
-from tiny import settings_flags, tiny_settings
+from tiny import as_written_before_evaluate, settings_flags, tiny_settings
 
 
 @pytest.fixture(scope="module")
@@ -528,3 +528,20 @@ def test_run_settings_take_lam_auto_and_name_a_bad_target(tiny):
         build_config(tiny | {"fisher_lam": "auto", "fisher_target_ratio": 20})
     with pytest.raises(HarnessError, match='fisher_lam: expected a number >= 0 or "auto"'):
         build_config(tiny | {"fisher_lam": "big"})
+
+
+def test_merge_takes_runs_written_before_a_setting_existed(tiny, tmp_path, capsys):
+    """An experiment from before `evaluate` existed ran with its every-epoch value: it merges
+    with one that says so, and not with one that evaluated only the final epoch."""
+    old, new, final = tmp_path / "old", tmp_path / "new", tmp_path / "final"
+    assert _tiny_train(tiny, old, "lora", epochs=1, seed=1) == 0
+    as_written_before_evaluate(old)
+    assert _tiny_train(tiny, new, "lora", epochs=1, seed=2) == 0
+    assert _tiny_train(tiny, final, "lora", epochs=1, seed=3, evaluate="final") == 0
+    capsys.readouterr()
+    assert main(["merge", str(old), str(new), "-o", str(tmp_path / "merged")]) == 0
+    groups = json.loads((tmp_path / "merged" / "aggregated_metrics.json").read_text())["groups"]
+    assert groups["lora"]["seeds"] == [1, 2]
+    assert main(["merge", str(old), str(final), "-o", str(tmp_path / "m2")]) == 2
+    err = capsys.readouterr().err
+    assert "'evaluate' ('every-epoch' in" in err and err.count("\n") == 1

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 from peft import LoraConfig, get_peft_model
 from torch.utils.data import Dataset
 from transformers import RobertaConfig, RobertaForSequenceClassification
@@ -202,3 +204,17 @@ def settings_flags(settings: dict, skip: tuple[str, ...] = ()) -> list[str]:
         flag = "--" + key.replace("_", "-")
         out += [flag] if value is True else [flag, str(value)]
     return out
+
+
+def as_written_before_evaluate(out):
+    """`out` as fwlora wrote it before the `evaluate` setting (plan format 1)."""
+    plan = yaml.safe_load((out / "experiment.yaml").read_text())
+    assert plan.pop("format") == 2 and list(plan) == ["runs"]
+    for run in plan["runs"]:
+        assert run.pop("evaluate") == "every-epoch"
+    (out / "experiment.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    for path in (out / "runs").glob("*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        del metrics["config"]["evaluate"]
+        path.write_text(json.dumps(metrics))
+    return plan

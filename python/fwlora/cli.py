@@ -80,6 +80,7 @@ def _flag_help(methods: tuple[str, ...]) -> dict[str, str]:
         "or file",
         "target_modules": "comma-separated module names",
         "budget_percent": "adapter budget in %% of the backbone (overrides --rank)",
+        "evaluate": "every-epoch, or final (evaluate only after the last epoch)",
         "fisher_warmup": "FW-LoRA warm-up steps K",
         "fisher_warmup_fraction": "K as a fraction of the total steps (overrides --fisher-warmup)",
         "fisher_lam": "FW-LoRA shrinkage λ, or auto (calibrated to --fisher-target-ratio)",

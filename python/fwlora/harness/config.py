@@ -49,6 +49,7 @@ DEFAULT_NORMALIZATION = {"fw-lora": "sum", "l2-lora": "uniform"}
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 TRUNCATION_SIDES = ("right", "left")
+EVALUATE = ("every-epoch", "final")
 # Keys whose change does not alter what a run computes (so --resume accepts them).
 NON_RESULT_KEYS = frozenset({"output_dir", "quiet", "overwrite", "resume"})
 # Keys a config file may hold besides RunConfig's: the lists of multi-run commands.
@@ -162,6 +163,8 @@ class RunConfig:
     batch_size: Count = 32
     eval_batch_size: Count = 64
     epochs: Count = 3
+    # "final": evaluate only after the last epoch (no per-epoch curve, best = final).
+    evaluate: Annotated[str, one_of(EVALUATE)] = "every-epoch"
     max_length: Count = 128
     # "left" keeps the end of long texts.
     truncation_side: Annotated[str, one_of(TRUNCATION_SIDES)] = "right"
@@ -451,3 +454,16 @@ def load_saved_config(path: Path) -> RunConfig:
 def result_settings(cfg: RunConfig) -> dict[str, Any]:
     """The settings that determine a run's results (for --resume compatibility checks)."""
     return {k: v for k, v in cfg.to_dict().items() if k not in NON_RESULT_KEYS}
+
+
+# Settings added after experiment.yaml's first format, each with the value every run
+# written before it used: a run saved without the key ran with that value. Adding a setting
+# means adding it here (with the behaviour it had before), so --resume and merge keep
+# accepting older experiments.
+ADDED_SETTINGS: dict[str, Any] = {"evaluate": "every-epoch"}
+
+
+def with_added_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """`saved` (a run's settings from an older experiment.yaml or metrics.json) with the
+    settings added since it was written, at the value it ran with."""
+    return {**saved, **{k: v for k, v in ADDED_SETTINGS.items() if k not in saved}}

@@ -28,7 +28,15 @@ import numpy as np
 import yaml
 
 from fwlora.harness import artefacts, plots
-from fwlora.harness.config import LIST_KEYS, RunConfig, build_config, result_settings
+from fwlora.harness.config import (
+    ADDED_SETTINGS,
+    LIST_KEYS,
+    NON_RESULT_KEYS,
+    RunConfig,
+    build_config,
+    result_settings,
+    with_added_settings,
+)
 from fwlora.harness.data import TaskData
 from fwlora.harness.errors import HarnessError, Interrupted, environment_error, read_saved
 from fwlora.harness.output import Staging, check_output
@@ -97,18 +105,56 @@ def plan_sweep(
     return configs
 
 
+# experiment.yaml's format. Format 2 ends with a `format` line, so a copy cut short reads as
+# format 1, whose runs never hold a setting added since (ADDED_SETTINGS).
+PLAN_FORMAT = 2
+
+
+def plan_text(runs: list[dict[str, Any]], **extra: Any) -> str:
+    """experiment.yaml: `extra` (e.g. merged_from), every run's settings, the format last."""
+    return yaml.safe_dump({**extra, "runs": runs, "format": PLAN_FORMAT}, sort_keys=False)
+
+
+def _read_plan(path: Path) -> list[dict[str, Any]]:
+    """The runs of a saved plan as this version writes them (format 1 gains the settings
+    added since, at the value its runs used); ValueError for a damaged or truncated file."""
+    saved = dict(yaml.safe_load(path.read_text(encoding="utf-8-sig")))
+    fmt = saved.get("format", 1)
+    if fmt not in (1, PLAN_FORMAT):
+        raise HarnessError(
+            f"{path}: plan format {fmt!r}, written by a newer fwlora (this one reads formats "
+            f"1 and {PLAN_FORMAT}); resume it with that version, or use --overwrite or "
+            "another --output"
+        )
+    expected = {f.name for f in dataclasses.fields(RunConfig)} - NON_RESULT_KEYS
+    runs = []
+    for i, run in enumerate(saved["runs"], 1):
+        run = dict(run)
+        if fmt == 1:
+            later = sorted(set(run) & set(ADDED_SETTINGS))
+            if later:
+                raise ValueError(f"run {i} has {', '.join(later)} but the file has no format line")
+            run = with_added_settings(run)
+        missing = sorted(expected - set(run))
+        if missing:
+            raise ValueError(
+                f"run {i} lacks {', '.join(missing)} (cut short, or written by an older fwlora)"
+            )
+        runs.append(run)
+    return runs
+
+
 def _check_plan(out_dir: Path, configs: list[RunConfig], resume: bool) -> None:
     plan = [result_settings(c) for c in configs]
     path = out_dir / PLAN_FILE
     if resume and path.is_file():
         fix = "restore it, or delete it to continue with the settings given now"
-        saved = read_saved(path, lambda p: dict(yaml.safe_load(p.read_text())), fix)
-        if saved.get("runs") != plan:
+        if read_saved(path, _read_plan, fix) != plan:
             raise HarnessError(
                 f"output {out_dir}: --resume needs the same settings as the interrupted "
                 f"experiment (see {path}); use --overwrite or another --output to start afresh"
             )
-    path.write_text(yaml.safe_dump({"runs": plan}, sort_keys=False))
+    path.write_text(plan_text(plan))
 
 
 def run_experiment(

@@ -19,16 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fwlora.harness.checkpoint import CHECKPOINT
-from fwlora.harness.config import NON_RESULT_KEYS
+from fwlora.harness.config import NON_RESULT_KEYS, with_added_settings
 from fwlora.harness.errors import HarnessError
 from fwlora.harness.experiment import (
     PLAN_FILE,
     Experiment,
     _finished_run,
     _moved,
+    plan_text,
     write_experiment,
 )
 from fwlora.harness.output import MARKER, Staging, check_output, written_by_fwlora
@@ -43,7 +42,8 @@ DATA_KEYS = ("task", "source", "label_names", "train_examples", "eval_examples")
 
 
 def _settings(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in run["config"].items() if k not in PER_RUN_KEYS}
+    saved = with_added_settings(run["config"])  # runs written before a setting existed
+    return {k: v for k, v in saved.items() if k not in PER_RUN_KEYS}
 
 
 def _method_specific(key: str) -> bool:
@@ -159,13 +159,12 @@ def merge_experiments(
                 runs.append(run)
                 run_dirs[run["run"]] = target
         runs.sort(key=_order)
-        plan = {
-            "merged_from": [str(folder) for folder, _ in sources],
-            "runs": [
-                {k: v for k, v in r["config"].items() if k not in NON_RESULT_KEYS} for r in runs
-            ],
-        }
-        (staging.path / PLAN_FILE).write_text(yaml.safe_dump(plan, sort_keys=False))
+        plan = [
+            {k: v for k, v in with_added_settings(r["config"]).items() if k not in NON_RESULT_KEYS}
+            for r in runs
+        ]
+        merged_from = [str(folder) for folder, _ in sources]
+        (staging.path / PLAN_FILE).write_text(plan_text(plan, merged_from=merged_from))
         exp = write_experiment(staging.path, runs, run_dirs)
         text = write_sweep(staging.path)
     except BaseException:

@@ -47,13 +47,14 @@ def confusion_matrix_plot(run: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def eval_acc_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
-    epochs = [h["epoch"] for h in run["epochs"]]
+    rows = [h for h in run["epochs"] if "eval_acc" in h]  # evaluate="final": one point
+    epochs = [h["epoch"] for h in rows]
     fig = Figure(figsize=(5, 3.5))
     ax = fig.add_subplot()
-    ax.plot(epochs, [h["eval_acc"] for h in run["epochs"]], "o-", label="accuracy")
-    ax.plot(epochs, [h["eval_f1"] for h in run["epochs"]], "s--", label="F1", alpha=0.7)
+    ax.plot(epochs, [h["eval_acc"] for h in rows], "o-", label="accuracy")
+    ax.plot(epochs, [h["eval_f1"] for h in rows], "s--", label="F1", alpha=0.7)
     if run.get("primary_metric", primary_metric(run["task"])) == "mcc":
-        ax.plot(epochs, [h["eval_mcc"] for h in run["epochs"]], "^-", label="Matthews corr.")
+        ax.plot(epochs, [h["eval_mcc"] for h in rows], "^-", label="Matthews corr.")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation metric")
     ax.set_xticks(epochs)

@@ -150,8 +150,9 @@ def _train_run(
             t0 = time.perf_counter()
             train_loss, train_acc = _train_epoch(run, epoch, progress)
             train_time = time.perf_counter() - t0
-            row, preds = _evaluate_epoch(run, epoch)
+            row, preds = _evaluate_epoch(run, epoch) if _evaluates(cfg, epoch) else ({}, None)
             row.update(
+                epoch=epoch,
                 global_step=progress["global_step"],
                 lr=run.scheduler.get_last_lr()[0],
                 train_loss=train_loss,
@@ -170,10 +171,12 @@ def _train_run(
             progress["history"].append(row)
             progress["elapsed_sec"] = row["wall_clock_sec"]
             primary = "eval_" + primary_metric(run.data.name)
-            if best_preds is None or row[primary] >= max(h[primary] for h in progress["history"]):
-                best_preds = preds
-            final_preds = preds
-            save_partial_predictions(run_dir, best_preds, final_preds)
+            scored = [h[primary] for h in progress["history"] if primary in h]
+            if preds is not None:
+                if best_preds is None or row[primary] >= max(scored):
+                    best_preds = preds
+                final_preds = preds
+                save_partial_predictions(run_dir, best_preds, final_preds)
             progress["epoch"] = epoch
             save_checkpoint(run_dir / CHECKPOINT, run.model, run.optimizer, run.scheduler, progress)
             say(_epoch_line(run, row), cfg.quiet)
@@ -284,6 +287,11 @@ def _train_step(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
     return task_loss.item(), int((logits.argmax(-1) == labels).sum().item())
 
 
+def _evaluates(cfg: RunConfig, epoch: int) -> bool:
+    """Whether this epoch ends with an evaluation (every epoch, or only the last)."""
+    return cfg.evaluate == "every-epoch" or epoch == cfg.epochs
+
+
 def _evaluate_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], np.ndarray]:
     """The evaluation row of an epoch (without its training figures) and the predictions."""
     t1 = time.perf_counter()
@@ -309,6 +317,11 @@ def _evaluate_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], np.ndarray]:
 
 
 def _epoch_line(run: _Run, row: dict[str, Any]) -> str:
+    if "eval_acc" not in row:
+        return (
+            f"[{run.name}] epoch {row['epoch']}: train_loss {row['train_loss']:.4f} "
+            f"({row['train_time_sec']:.1f}s; evaluated after the last epoch only)"
+        )
     return (
         f"[{run.name}] epoch {row['epoch']}: train_loss {row['train_loss']:.4f} "
         f"eval_acc {row['eval_acc']:.4f} eval_f1 {row['eval_f1']:.4f} "
@@ -365,7 +378,8 @@ def _finish(
 def _run_metrics(run: _Run, progress: dict[str, Any]) -> dict[str, Any]:
     cfg, data, history = run.cfg, run.data, progress["history"]
     primary = primary_metric(data.name)
-    best = max(history, key=lambda h: (h[f"eval_{primary}"], h["epoch"]))  # ties: later
+    evaluated = [h for h in history if "eval_acc" in h]  # evaluate="final": the last only
+    best = max(evaluated, key=lambda h: (h[f"eval_{primary}"], h["epoch"]))  # ties: later
     final = history[-1]
     return {
         "schema": RUN_SCHEMA,
@@ -379,9 +393,9 @@ def _run_metrics(run: _Run, progress: dict[str, Any]) -> dict[str, Any]:
         "seed": cfg.seed,
         "primary_metric": primary,
         "best_epoch": best["epoch"],
-        "best_eval_acc": max(h["eval_acc"] for h in history),
-        "best_eval_mcc": max(h["eval_mcc"] for h in history),
-        "best_eval_f1": max(h["eval_f1"] for h in history),
+        "best_eval_acc": max(h["eval_acc"] for h in evaluated),
+        "best_eval_mcc": max(h["eval_mcc"] for h in evaluated),
+        "best_eval_f1": max(h["eval_f1"] for h in evaluated),
         "final_eval_acc": final["eval_acc"],
         "final_eval_f1": final["eval_f1"],
         "final_eval_mcc": final["eval_mcc"],
