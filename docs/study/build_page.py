@@ -49,7 +49,7 @@ docs/study/run_study.sh          # starts or resumes the three experiments below
 #     --epochs 3 --max-length 64 --truncation-side left --fisher-warmup 30 --lr 1e-3 \\
 #     --batch-size 16 --modules-to-save classifier,pooler --num-threads 1 -o runs/study-a
 #   fwlora targeting --k 9 --rank-by fisher,per-weight --seeds 1,...,10 (same settings) \\
-#     -o runs/premise
+#     --evaluate final -o runs/premise
 docs/study/aggregate.sh          # fwlora merge of the sweep's parts + this page (any time)
 """
 
