@@ -4,6 +4,12 @@
 # Parts (each an ordinary fwlora experiment under runs/, continued with --resume):
 #   runs/study-a, runs/study-b   the λ sweep, odd / even seeds (merged by aggregate.sh)
 #   runs/premise                 fwlora targeting, k = 9 of 36, both rankings
+#   runs/premise-b               optional (`run_study.sh premise-b`): seeds 6-10 of the premise
+#                                test in a second process, so both cores work; once it has
+#                                finished, stop `premise`, copy runs/premise-b/runs/* into
+#                                runs/premise/runs/ and start `premise` again: --resume skips
+#                                the copied runs (the same seeds give the same runs) and writes
+#                                targeting.json for all ten seeds
 # Logs: runs/<part>.log. Aggregate and rebuild the page: docs/study/aggregate.sh
 # Stop: kill PID (any signal; the part is continued by the next start of this script).
 set -u
@@ -38,5 +44,8 @@ case "${1:-all}" in
   premise|all)
     # Only the final model counts in the premise test: one evaluation per run, not three.
     part premise targeting --k 9 --rank-by fisher,per-weight --seeds 1,2,3,4,5,6,7,8,9,10 \
+      --evaluate final ;;&
+  premise-b)
+    part premise-b targeting --k 9 --rank-by fisher,per-weight --seeds 6,7,8,9,10 \
       --evaluate final ;;
 esac
