@@ -317,3 +317,39 @@ def test_evaluate_final_skips_the_other_epochs_and_trains_identically(settings, 
     assert preds["best"] == preds["final"]
     figures = tmp_path / "final" / "figures"
     assert (figures / f"{b['run']}_eval_acc_learning_curve.png").is_file()
+
+
+def test_evaluate_final_resumes_an_interrupted_run_like_an_uninterrupted_one(
+    settings, tmp_path, monkeypatch
+):
+    """Interrupted in epoch 2 (epoch 1 checkpointed, nothing evaluated yet, no predictions
+    saved): --resume trains on and evaluates once, as the uninterrupted run does."""
+    cfg = build_config(settings, {"method": "fw-lora", "epochs": 3, "evaluate": "final"})
+    reference = run_experiment([cfg], tmp_path / "reference", n_resamples=100).runs[0]
+    per_epoch = reference["epochs"][0]["global_step"]
+
+    real_step = train_module._train_step
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == per_epoch + 2:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_step", interrupted)
+    out = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment([cfg], out)
+    monkeypatch.setattr(train_module, "_train_step", real_step)
+    run_dir = next((out / "runs").iterdir())
+    assert (run_dir / "checkpoint.pt").is_file() and not list(run_dir.glob("*predictions*"))
+    resumed = run_experiment([cfg], out, resume=True, n_resamples=100).runs[0]
+    assert [("eval_acc" in h) for h in resumed["epochs"]] == [False, False, True]
+    assert [h["train_loss"] for h in resumed["epochs"]] == pytest.approx(
+        [h["train_loss"] for h in reference["epochs"]], rel=1e-5
+    )
+    assert resumed["final_eval_acc"] == reference["final_eval_acc"]
+    assert resumed["best_eval_acc"] == resumed["final_eval_acc"]
+    preds = _load(run_dir / "predictions.json")
+    assert preds["best"] == preds["final"]
