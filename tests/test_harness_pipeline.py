@@ -200,24 +200,29 @@ def test_existing_output_needs_overwrite_or_resume(experiment, settings):
         run_experiment([cfg], experiment.out_dir, overwrite=True, resume=True)
 
 
-def test_resume_continues_an_interrupted_run(settings, tmp_path, monkeypatch):
-    cfg = build_config(settings, {"method": "fw-lora", "epochs": 3})
-    reference = run_experiment([cfg], tmp_path / "reference", n_resamples=100).runs[0]
-
-    real_evaluate = train_module.evaluate
+def _interrupt_at_call(monkeypatch, name, at):
+    """Ctrl-C at the `at`-th call of train_module.<name> (monkeypatch.undo() restores it)."""
+    real = getattr(train_module, name)
     calls = {"n": 0}
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == at:
             raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "evaluate", interrupted)
+    monkeypatch.setattr(train_module, name, interrupted)
+
+
+def test_resume_continues_an_interrupted_run(settings, tmp_path, monkeypatch):
+    cfg = build_config(settings, {"method": "fw-lora", "epochs": 3})
+    reference = run_experiment([cfg], tmp_path / "reference", n_resamples=100).runs[0]
+
+    _interrupt_at_call(monkeypatch, "evaluate", 2)
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         run_experiment([cfg], out)
-    monkeypatch.setattr(train_module, "evaluate", real_evaluate)
+    monkeypatch.undo()
     run_dir = next((out / "runs").iterdir())
     assert (run_dir / "checkpoint.pt").is_file() and not (run_dir / "metrics.json").exists()
 
@@ -328,20 +333,11 @@ def test_evaluate_final_resumes_an_interrupted_run_like_an_uninterrupted_one(
     reference = run_experiment([cfg], tmp_path / "reference", n_resamples=100).runs[0]
     per_epoch = reference["epochs"][0]["global_step"]
 
-    real_step = train_module._train_step
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == per_epoch + 2:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "_train_step", interrupted)
+    _interrupt_at_call(monkeypatch, "_train_step", per_epoch + 2)
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         run_experiment([cfg], out)
-    monkeypatch.setattr(train_module, "_train_step", real_step)
+    monkeypatch.undo()
     run_dir = next((out / "runs").iterdir())
     assert (run_dir / "checkpoint.pt").is_file() and not list(run_dir.glob("*predictions*"))
     resumed = run_experiment([cfg], out, resume=True, n_resamples=100).runs[0]
