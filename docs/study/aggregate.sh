@@ -21,4 +21,6 @@ if [ ${#parts[@]} -gt 1 ]; then
 elif [ ${#parts[@]} -eq 1 ]; then  # merge needs two: the page reads that part's runs
   sweep=${parts[0]}
 fi
-"$PY" docs/study/build_page.py "$sweep" "$(folder premise)" docs/study
+premise=""  # the premise test's parts that hold finished runs, colon-separated
+for p in premise premise-b; do d=$(folder "$p"); [ -n "$d" ] && premise="$premise${premise:+:}$d"; done
+"$PY" docs/study/build_page.py "$sweep" "$premise" docs/study

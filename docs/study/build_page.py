@@ -138,13 +138,17 @@ def penalty_ratios(runs: list[dict[str, Any]]) -> dict[str, dict[int, float]]:
 
 
 # ------------------------------------------------------------------ the premise test
-def premise_doc(folder: Path) -> dict[str, Any] | None:
-    """targeting.json when the command finished; otherwise the same tests from its finished
-    runs (each run's config names its matrices)."""
-    path = folder / TARGETING_FILE
-    if path.is_file():
-        return json.loads(path.read_text())
-    runs = finished_runs(folder)
+def premise_doc(folders: list[Path]) -> dict[str, Any] | None:
+    """targeting.json when one command finished them all; otherwise the same tests from the
+    finished runs of every part (a run of one seed and set is the same in any part: the
+    first found is taken; each run's config names its matrices)."""
+    if len(folders) == 1 and (folders[0] / TARGETING_FILE).is_file():
+        return json.loads((folders[0] / TARGETING_FILE).read_text())
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    for folder in folders:
+        for run in finished_runs(folder):
+            found.setdefault((run["label"], run["seed"]), run)
+    runs = list(found.values())
     if not runs:
         return None
     labels = sorted({r["label"] for r in runs})
@@ -402,7 +406,7 @@ def build_pending(site: Path, premise: dict[str, Any] | None) -> Path:
     return index
 
 
-def build(sweep_dir: Path | None, premise_dir: Path | None, site: Path) -> Path:
+def build(sweep_dir: Path | None, premise_dirs: list[Path], site: Path) -> Path:
     for sub in ("images", "figures", "data"):
         (site / sub).mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
@@ -411,7 +415,7 @@ def build(sweep_dir: Path | None, premise_dir: Path | None, site: Path) -> Path:
     elif sweep_dir is not None:  # one part still running: its finished runs, no figures
         runs = finished_runs(sweep_dir)
     if not runs:
-        premise = premise_doc(premise_dir) if premise_dir else None
+        premise = premise_doc(premise_dirs) if premise_dirs else None
         if premise:
             _premise_artefacts(premise, site)
         return build_pending(site, premise)
@@ -430,7 +434,7 @@ def build(sweep_dir: Path | None, premise_dir: Path | None, site: Path) -> Path:
     family = family_tests(runs)
     check = majority_check(runs)
     ratios = penalty_ratios(runs)
-    premise = premise_doc(premise_dir) if premise_dir else None
+    premise = premise_doc(premise_dirs) if premise_dirs else None
     (site / "data" / "study_tests.json").write_text(
         json.dumps({"family": family, "majority_check": check, "penalty_ratios": ratios}, indent=2)
     )
@@ -519,6 +523,7 @@ def ratios_line(ratios: dict[str, dict[int, float]]) -> str:
 
 if __name__ == "__main__":
     sweep = Path(sys.argv[1]) if sys.argv[1] else None
-    premise_folder = Path(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] else None
+    # The premise test's folders, colon-separated (its parts: premise, premise-b).
+    parts = sys.argv[2].split(":") if len(sys.argv) > 2 else []
     out = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).parent
-    print(build(sweep, premise_folder, out))
+    print(build(sweep, [Path(p) for p in parts if p], out))
