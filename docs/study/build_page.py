@@ -265,6 +265,41 @@ def _answer(family: dict[str, Any], premise: dict[str, Any] | None, seeds: list[
     return text
 
 
+def prediction_agreement(sweep_dir: Path | None, runs: list[dict[str, Any]]) -> dict:
+    """Per FW-LoRA configuration, how many held-out reviews its final predictions differ on
+    from l2-lora's at the same strength, per seed (the runs' predictions.json)."""
+    if sweep_dir is None:
+        return {}
+    name = {(r["label"], r["seed"]): r["run"] for r in runs}
+
+    def final(label: str, seed: int) -> list[int] | None:
+        path = sweep_dir / "runs" / name.get((label, seed), "?") / "predictions.json"
+        return json.loads(path.read_text())["final"] if path.is_file() else None
+
+    out: dict[str, dict[int, int]] = {}
+    for label, seed in sorted(name):
+        if not label.startswith("fw-lora-"):
+            continue
+        control = "l2-lora-" + label.split("-", 3)[3]  # fw-lora-sum-tr0.1 -> l2-lora-tr0.1
+        a, b = final(label, seed), final(control, seed)
+        if a is not None and b is not None:
+            out.setdefault(label, {})[seed] = sum(x != y for x, y in zip(a, b))
+    return out
+
+
+def _agreement_text(agreement: dict[str, dict[int, int]], n_eval: int) -> str:
+    if not agreement:
+        return ""
+    cells = "; ".join(
+        f"{label}: {min(d.values())}–{max(d.values())}" for label, d in agreement.items()
+    )
+    return (
+        f"<p>Held-out reviews (of {n_eval}) on which each FW-LoRA configuration's final "
+        f"predictions differ from l2-lora's at the same strength, fewest–most over seeds: "
+        f"{escape(cells)}.</p>"
+    )
+
+
 def _config_table(runs: list[dict[str, Any]], ratios: dict[str, dict[int, float]]) -> str:
     acc = _acc(runs)
     labels = list(dict.fromkeys(r["label"] for r in runs))
@@ -435,8 +470,17 @@ def build(sweep_dir: Path | None, premise_dirs: list[Path], site: Path) -> Path:
     check = majority_check(runs)
     ratios = penalty_ratios(runs)
     premise = premise_doc(premise_dirs) if premise_dirs else None
+    agreement = prediction_agreement(sweep_dir, runs)
     (site / "data" / "study_tests.json").write_text(
-        json.dumps({"family": family, "majority_check": check, "penalty_ratios": ratios}, indent=2)
+        json.dumps(
+            {
+                "family": family,
+                "majority_check": check,
+                "penalty_ratios": ratios,
+                "predictions_differing_from_l2_lora": agreement,
+            },
+            indent=2,
+        )
     )
     if premise:
         _premise_artefacts(premise, site)
@@ -491,7 +535,7 @@ def build(sweep_dir: Path | None, premise_dirs: list[Path], site: Path) -> Path:
         "separately). The detectable Δ is the smallest true mean paired difference the paired "
         "t-test would find with 80 % power, given the observed SD of the paired differences: "
         "an effect larger than it would have been detected.</p>"
-        f"{_tests_table(family)}</section>",
+        f"{_tests_table(family)}{_agreement_text(agreement, data['eval_examples'])}</section>",
         _premise_section(premise),
         "<section><h2>Reproduce</h2>"
         f"<pre><code>{escape(COMMANDS)}</code></pre>"
