@@ -22,5 +22,5 @@ elif [ ${#parts[@]} -eq 1 ]; then  # merge needs two: the page reads that part's
   sweep=${parts[0]}
 fi
 premise=""  # the premise test's parts that hold finished runs, colon-separated
-for p in premise premise-b; do d=$(folder "$p"); [ -n "$d" ] && premise="$premise${premise:+:}$d"; done
+for p in premise premise-b premise-c; do d=$(folder "$p"); [ -n "$d" ] && premise="$premise${premise:+:}$d"; done
 "$PY" docs/study/build_page.py "$sweep" "$premise" docs/study

@@ -10,6 +10,7 @@
 #                                runs/premise/runs/ and start `premise` again: --resume skips
 #                                the copied runs (the same seeds give the same runs) and writes
 #                                targeting.json for all ten seeds
+#   runs/premise-c               optional: seed 10 alone (aggregate.sh reads every part's runs)
 # Logs: runs/<part>.log. Aggregate and rebuild the page: docs/study/aggregate.sh
 # Stop: kill PID (any signal; the part is continued by the next start of this script).
 set -u
@@ -48,4 +49,6 @@ case "${1:-all}" in
   premise-b)
     part premise-b targeting --k 9 --rank-by fisher,per-weight --seeds 6,7,8,9,10 \
       --evaluate final ;;
+  premise-c)  # one seed apart (the last one), when a core is free near the end
+    part premise-c targeting --k 9 --rank-by fisher,per-weight --seeds 10 --evaluate final ;;
 esac
