@@ -171,6 +171,9 @@ def premise_doc(folders: list[Path]) -> dict[str, Any] | None:
             r["label"]: r["adapters"]["adapter_params"] for r in runs if r["seed"] == seeds[0]
         }
         doc["rankings"][ranking] = section
+    # Every planned seed with all three sets in every ranking: complete, if run in parts.
+    complete = all(len(sec["seeds_complete"]) >= PLANNED_SEEDS for sec in doc["rankings"].values())
+    doc["partial"] = not complete
     return doc
 
 
