@@ -25,6 +25,7 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     device,
+    fill_grads,
     md_table,
     measure,
     paired,
@@ -103,9 +104,7 @@ def adapter_alone(step, rounds: int) -> float:
     installs no hook, so that is before_step() (the four foreach norms) and after_step() (the
     row to the core), on a step's worth of LoRA gradients."""
     fw = step.opt.fisher_weighting
-    for p in step.model.parameters():  # as after a backward: every LoRA gradient exists
-        if p.requires_grad:
-            p.grad = torch.randn_like(p)
+    fill_grads(step.model, torch.randn_like)  # every LoRA gradient exists
     try:
         with torch.no_grad():
             return time_alone(lambda: (fw.before_step(), fw.after_step()), rounds, 20)

@@ -7,8 +7,12 @@ attention.output.dense 768 × 768, intermediate.dense 768 → 3072, output.dense
 r = 8, plus the classifier head (148 trainable tensors, 1.9 M parameters). Gradients are
 filled once with fixed random values; only `step()` is timed, every case in the same
 interleaved rounds on the same parameters. The ratios are per-round ratios to AdamW foreach
-(median [quartiles]). The penalty's own cost (`before_step()`, all that FisherAdamW adds
-after warm-up) is timed alone in the same run, to show what the overhead consists of.
+(median [quartiles]), measured twice: each step timed alone after evicting the caches (the
+figure of record: in training, forward and backward stream the activations through every
+cache level between two optimizer steps) and in a tight loop (the optimizer state stays
+cache-resident, which favours the smaller working set). The penalty's own cost
+(`before_step()`, all that FisherAdamW adds after warm-up) is timed alone in the same run, to
+show what the overhead consists of.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
+    CacheEvictor,
     device,
     md_table,
     measure,
@@ -74,38 +79,61 @@ def main(argv=None) -> dict:
     }
     rounds, inner = (7, 5) if args.quick else (21, 20)
     rounds = args.rounds or rounds
-    m = measure(cases, rounds=rounds, inner=inner, baseline="torch AdamW foreach")
+    evict = CacheEvictor(dev)
+    # The figure of record: every step starts with caches evicted, as in training (forward
+    # and backward stream far more than the last-level cache between two optimizer steps).
+    cold = measure(cases, rounds=rounds, inner=inner, baseline="torch AdamW foreach", between=evict)
+    # The same steps in a tight loop: AdamW's state stays cache-resident, which favours the
+    # smaller working set (FisherAdamW's penalty streams another ~4 passes of the LoRA
+    # factors); reported beside it, not a training figure.
+    hot = measure(cases, rounds=rounds, inner=inner, baseline="torch AdamW foreach")
     with torch.no_grad():
         penalty = time_alone(lambda: unmeasured(fw_foreach.fisher_weighting), rounds, inner)
-    base = m["seconds"]["torch AdamW foreach"]
-    ratio = m["ratio"]["FisherAdamW foreach (after warm-up)"]
-    fused_ratio, _ = paired(m, "FisherAdamW fused (after warm-up)", "torch AdamW fused")
-    rows = [[name, f"{t * 1e3:.3f}", ratio_cell(m, name)] for name, t in m["seconds"].items()]
+    ratio = cold["ratio"]["FisherAdamW foreach (after warm-up)"]
+    fused_ratio, _ = paired(cold, "FisherAdamW fused (after warm-up)", "torch AdamW fused")
+    rows = [
+        [name, f"{t * 1e3:.3f}", ratio_cell(cold, name), ratio_cell(hot, name)]
+        for name, t in cold["seconds"].items()
+    ]
+    hot_base = hot["seconds"]["torch AdamW foreach"]
     rows.append(
         [
-            "penalty alone (`before_step()` of an unmeasured step, timed apart)",
+            "penalty alone (`before_step()` of an unmeasured step, timed apart, warm)",
             f"{penalty * 1e3:.3f}",
-            f"{penalty / base:.3f}",
+            "—",
+            f"{penalty / hot_base:.3f}",
         ]
     )
     tgt = target(
-        "optimizer step: FisherAdamW / AdamW foreach",
+        "optimizer step (caches evicted before each step): FisherAdamW / AdamW foreach",
         ratio,
         LIMIT,
-        spread=m["ratio_q1_q3"]["FisherAdamW foreach (after warm-up)"],
+        spread=cold["ratio_q1_q3"]["FisherAdamW foreach (after warm-up)"],
     )
     if not tgt["met"]:
         tgt["note"] = (
             f"the coupled penalty (stack, Gram and product bmm, gradient accumulation over "
             f"{len(fw_foreach.fisher_weighting.matrices)} LoRA pairs) costs "
-            f"{penalty * 1e3:.2f} ms = {penalty / base:.2f}× an AdamW foreach step"
+            f"{penalty * 1e3:.2f} ms = {penalty / hot_base:.2f}× a warm AdamW foreach step"
         )
-    table = md_table(["optimizer step", "ms (median)", "× AdamW foreach [q1–q3]"], rows)
+    table = md_table(
+        [
+            "optimizer step",
+            "ms (median, caches evicted)",
+            "× AdamW foreach, caches evicted [q1–q3]",
+            "× AdamW foreach, tight loop [q1–q3]",
+        ],
+        rows,
+    )
     table += (
         f"\n\n{len(fw_foreach.fisher_weighting.matrices)} LoRA matrices (r = 8), "
         f"{len(params)} trainable tensors, {sum(p.numel() for p in params) / 1e6:.2f} M "
-        f"parameters, fp32, device {dev}; {rounds} interleaved rounds × {inner} steps. "
-        f"FisherAdamW fused / AdamW fused (per-round): {fused_ratio:.3f}.\n\n" + target_line(tgt)
+        f"parameters, fp32, device {dev}; {rounds} interleaved rounds × {inner} steps, twice: "
+        f"each step timed alone after writing a {evict.nbytes / 2**20:.0f} MiB buffer (twice "
+        "the last-level cache; as in training, where forward and backward run between two "
+        "steps), and in a tight loop (state cache-resident). "
+        f"FisherAdamW fused / AdamW fused (per-round, caches evicted): {fused_ratio:.3f}.\n\n"
+        + target_line(tgt)
     )
     cand = candidates(fw_foreach, params, rounds, inner)
     crow = [
@@ -119,9 +147,15 @@ def main(argv=None) -> dict:
     )
     payload = {
         "candidates": {k: v for k, v in cand.items() if k != "samples"},
-        "seconds": m["seconds"],
-        "ratio_vs_foreach": m["ratio"],
-        "ratio_q1_q3": m["ratio_q1_q3"],
+        "seconds": cold["seconds"],
+        "ratio_vs_foreach": cold["ratio"],
+        "ratio_q1_q3": cold["ratio_q1_q3"],
+        "tight_loop": {
+            "seconds": hot["seconds"],
+            "ratio_vs_foreach": hot["ratio"],
+            "ratio_q1_q3": hot["ratio_q1_q3"],
+        },
+        "evict_bytes": evict.nbytes,
         "penalty_seconds": penalty,
         "fused_ratio": fused_ratio,
         "rounds": rounds,

@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     device,
+    fill_grads,
     md_table,
     measure,
     paired,
@@ -146,9 +147,7 @@ def main(argv=None) -> dict:
     m = measure({n: c.step for n, c in cases.items()}, rounds, inner, baseline="lora")
     after = cases["fw-after-warmup"]
     fw = after.opt.fisher_weighting
-    for p in after.model.parameters():  # as after a backward: every LoRA gradient exists
-        if p.requires_grad:
-            p.grad = torch.zeros_like(p)
+    fill_grads(after.model, torch.zeros_like)  # every LoRA gradient exists
     with torch.no_grad():
         penalty = time_alone(lambda: unmeasured(fw), rounds, 20)
         force = getattr(fw.strength, "force_next", lambda: None)  # before issue 17: always

@@ -57,6 +57,7 @@ def measure(
     inner: int,
     baseline: str,
     warmup: int = 1,
+    between: Callable[[], None] | None = None,
 ) -> dict:
     """Interleaved timing with per-round ratios against `baseline`.
 
@@ -65,6 +66,8 @@ def measure(
     call in that block. Returns the median seconds per call, and for each case the median
     and the quartiles of its per-round ratio to the baseline's sample of the same round:
     paired ratios cancel the slow drifts of a shared machine that separate medians keep.
+    `between`, if given, runs untimed before every call (e.g. `evict_caches`): each call is
+    then timed alone.
     """
     names = list(cases)
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -76,12 +79,22 @@ def measure(
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             fn = cases[name]
+            spent = 0.0
             sync()
             start = time.perf_counter()
             for _ in range(inner):
+                if between is not None:
+                    between()
+                    sync()
+                    start = time.perf_counter()
                 fn()
+                if between is not None:
+                    sync()
+                    spent += time.perf_counter() - start
             sync()
-            samples[name].append((time.perf_counter() - start) / inner)
+            if between is None:
+                spent = time.perf_counter() - start
+            samples[name].append(spent / inner)
     base = samples[baseline]
     ratios = {n: [s / b for s, b in zip(samples[n], base)] for n in names}
     return {
@@ -93,6 +106,44 @@ def measure(
         "inner": inner,
         "baseline": baseline,
     }
+
+
+class CacheEvictor:
+    """Writes a buffer larger than the last-level cache, so the next timed call starts with
+    its tensors in memory, as an optimizer step does in training (forward and backward have
+    just streamed the activations through every cache level). Timing a step in a tight loop
+    instead keeps its state cache-resident and favours the method with the smaller working
+    set."""
+
+    def __init__(self, dev: torch.device, nbytes: int | None = None) -> None:
+        if nbytes is None:
+            nbytes = 2 * _last_level_cache_bytes(dev)
+        self.buffer = torch.empty(max(nbytes // 4, 1), dtype=torch.float32, device=dev)
+        self.nbytes = self.buffer.numel() * 4
+
+    def __call__(self) -> None:
+        self.buffer.fill_(1.0)
+
+
+def _last_level_cache_bytes(dev: torch.device) -> int:
+    """The largest cache: L2 of the GPU (CUDA), else the CPU's largest cache level (Linux
+    sysfs; 256 MiB when it cannot be read)."""
+    if dev.type == "cuda":
+        return int(torch.cuda.get_device_properties(dev).L2_cache_size)
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * unit)
+    return max(sizes, default=256 * 2**20)
+
+
+def fill_grads(model: torch.nn.Module, like: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Gives every trainable parameter a gradient `like(p)`, as after a backward pass (for
+    timing the optimizer-side parts of a step apart)."""
+    for p in model.parameters():
+        if p.requires_grad:
+            p.grad = like(p)
 
 
 def paired(m: dict, case: str, other: str) -> tuple[float, list[float]]:

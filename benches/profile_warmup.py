@@ -128,8 +128,55 @@ def main(argv=None) -> dict:
         f"interleaved rounds × {args.inner} steps; roberta-shaped CPU model of "
         "bench_training.py (hidden 256, 4 layers, 24 adapted matrices, 8 × 64 tokens)."
     )
+    floor = kernel_floor(data, statistics.median(base))
+    payload["exact_kernel_floor"] = floor
+    table += (
+        "\n\n**The exact statistic's floor.** ‖GᵀX‖² needs tokens × in × out multiply-adds per "
+        f"adapted layer ({floor['gflop_per_step']:.2f} GFLOP per step here, the weight-gradient "
+        "product plain LoRA never forms). Timed alone on this thread it runs at "
+        f"{floor['kernel_gflops']:.0f} GFLOP/s, {floor['of_sgemm_peak']:.0%} of a 1024³ sgemm "
+        f"({floor['sgemm_gflops']:.0f} GFLOP/s): at the sgemm rate the kernels alone would be "
+        f"{floor['at_sgemm_peak_over_plain_step']:.3f}× a plain step."
+    )
     write("profile_warmup", payload, table)
     return payload
+
+
+def kernel_floor(data: dict, plain_step: float) -> dict:
+    """The exact statistic's FLOPs per step and how fast its kernel runs against sgemm."""
+    model = build("lora", False, torch.device("cpu"))
+    opt = FisherAdamW(model, warmup=10**9)
+    tokens = int(data["input_ids"].numel())
+    shapes = [(m.in_features, m.out_features) for m in opt.fisher_weighting.matrices]
+    gen = torch.Generator().manual_seed(0)
+    pairs = [
+        (torch.randn(tokens, o, generator=gen), torch.randn(tokens, i, generator=gen))
+        for i, o in shapes
+    ]
+    # exact_sq_norm's cheaper path: the (out × in) product, or the two token Gram matrices
+    flop = sum(2 * min(tokens * i * o, tokens * tokens * (i + o)) for i, o in shapes)
+    square = torch.randn(1024, 1024, generator=gen)
+
+    def best(fn, n: int) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            start = CLOCK()
+            for _ in range(n):
+                fn()
+            times.append((CLOCK() - start) / n)
+        return min(times)
+
+    kernels = best(lambda: [st.exact_sq_norm(g, x) for g, x in pairs], 3)
+    sgemm = 2 * 1024**3 / best(lambda: square @ square, 5) / 1e9
+    return {
+        "gflop_per_step": flop / 1e9,
+        "kernel_gflops": flop / kernels / 1e9,
+        "sgemm_gflops": sgemm,
+        "of_sgemm_peak": flop / kernels / 1e9 / sgemm,
+        "kernels_alone_over_plain_step": kernels / plain_step,
+        "at_sgemm_peak_over_plain_step": flop / (sgemm * 1e9) / plain_step,
+    }
 
 
 if __name__ == "__main__":

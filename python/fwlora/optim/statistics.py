@@ -108,7 +108,10 @@ def sketch_sq_norm(
     grad_out: torch.Tensor, inputs: torch.Tensor, omega: torch.Tensor
 ) -> torch.Tensor:
     """(1/k)·‖Gᵀ (X Ω)‖²_F, an unbiased estimate of ‖Gᵀ X‖²_F."""
-    projected = grad_out.T @ (inputs @ omega)  # (out × k)
+    # Formed as its transpose (X Ω)ᵀ G (k × out), same norm: a plain row-major product
+    # instead of one with a transposed (tokens × out) operand, 30–45 % faster per call on
+    # the benchmark's CPU shapes (docs/benchmarks.md).
+    projected = (inputs @ omega).T @ grad_out
     norm = torch.linalg.vector_norm(projected, dtype=_acc_dtype(projected))
     return norm.square() / omega.shape[1]
 
