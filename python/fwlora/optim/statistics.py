@@ -109,8 +109,8 @@ def sketch_sq_norm(
 ) -> torch.Tensor:
     """(1/k)·‖Gᵀ (X Ω)‖²_F, an unbiased estimate of ‖Gᵀ X‖²_F."""
     # Formed as its transpose (X Ω)ᵀ G (k × out), same norm: a plain row-major product
-    # instead of one with a transposed (tokens × out) operand, 30–45 % faster per call on
-    # the benchmark's CPU shapes (docs/benchmarks.md).
+    # instead of one with a transposed (tokens × out) operand; on the benchmark's CPU model
+    # the sketch's kernels fell from 0.053× to 0.044× of a step (docs/benchmarks.md).
     projected = (inputs @ omega).T @ grad_out
     norm = torch.linalg.vector_norm(projected, dtype=_acc_dtype(projected))
     return norm.square() / omega.shape[1]
