@@ -66,8 +66,8 @@ def measure(
     call in that block. Returns the median seconds per call, and for each case the median
     and the quartiles of its per-round ratio to the baseline's sample of the same round:
     paired ratios cancel the slow drifts of a shared machine that separate medians keep.
-    `between`, if given, runs untimed before every call (e.g. `evict_caches`): each call is
-    then timed alone.
+    `between`, if given, runs untimed before every call (e.g. a `CacheEvictor`): each call
+    is then timed alone.
     """
     names = list(cases)
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -79,21 +79,22 @@ def measure(
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             fn = cases[name]
-            spent = 0.0
-            sync()
-            start = time.perf_counter()
-            for _ in range(inner):
-                if between is not None:
+            if between is None:
+                sync()
+                start = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                sync()
+                spent = time.perf_counter() - start
+            else:
+                spent = 0.0
+                for _ in range(inner):
                     between()
                     sync()
                     start = time.perf_counter()
-                fn()
-                if between is not None:
+                    fn()
                     sync()
                     spent += time.perf_counter() - start
-            sync()
-            if between is None:
-                spent = time.perf_counter() - start
             samples[name].append(spent / inner)
     base = samples[baseline]
     ratios = {n: [s / b for s, b in zip(samples[n], base)] for n in names}
