@@ -280,6 +280,7 @@ def test_fsdp1_wrapper_in_the_model_is_refused():
     ("version", "refused"), [(None, True), ("1", True), ("2", False)], ids=["unset", "1", "2"]
 )
 def test_accelerate_fsdp_launch_flags(monkeypatch, version, refused):
+    monkeypatch.setattr(fw_dist, "_accelerate_shared_state", dict)  # no Accelerator yet
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     if version is None:
         monkeypatch.delenv("FSDP_VERSION", raising=False)
@@ -290,6 +291,28 @@ def test_accelerate_fsdp_launch_flags(monkeypatch, version, refused):
             FisherAdamW(tiny_lora_model(), warmup=2)
     else:
         FisherAdamW(tiny_lora_model(), warmup=2)  # FSDP2: accepted
+
+
+@pytest.mark.parametrize(
+    ("state", "refused"),
+    [
+        ({"distributed_type": "MULTI_CPU"}, False),  # accelerate fell back to DDP (CPU)
+        ({"distributed_type": "FSDP", "fsdp_plugin": type("P", (), {"fsdp_version": 1})}, True),
+        ({"distributed_type": "FSDP", "fsdp_plugin": type("P", (), {"fsdp_version": 2})}, False),
+    ],
+    ids=["fell-back-to-ddp", "fsdp1", "fsdp2"],
+)
+def test_trainer_fsdp_on_cpu_falls_back_to_ddp_and_is_accepted(monkeypatch, state, refused):
+    """The Trainer sets ACCELERATE_USE_FSDP; on CPU accelerate then runs DDP: nothing is
+    sharded, so FW-LoRA works as under DDP (docs/distributed.md)."""
+    monkeypatch.setattr(fw_dist, "_accelerate_shared_state", lambda: state)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.delenv("FSDP_VERSION", raising=False)
+    if refused:
+        with pytest.raises(ValueError, match=r"FSDP: not supported with FSDP version 1"):
+            FisherAdamW(tiny_lora_model(), warmup=2)
+    else:
+        FisherAdamW(tiny_lora_model(), warmup=2)
 
 
 def test_deepspeed_is_refused_pointing_to_fsdp2(monkeypatch):

@@ -12,7 +12,12 @@ import fwlora.harness.train as train_module
 from fwlora.cli import main
 from fwlora.harness.output import MARKER
 from fwlora.harness.resources import PeakMemory
-from tiny import as_written_before_evaluate, settings_flags, tiny_settings
+from tiny import (
+    as_written_before_evaluate,
+    as_written_before_trainable_modules,
+    settings_flags,
+    tiny_settings,
+)
 
 
 @pytest.fixture(scope="module")
@@ -553,14 +558,28 @@ def test_resume_accepts_an_experiment_written_before_a_setting_existed(
     assert json.loads((old / f"runs/{RUN}/metrics.json").read_text()) == json.loads(
         before[f"runs/{RUN}/metrics.json"]
     )
-    assert (old / "experiment.yaml").read_text().endswith("format: 2\n")
+    assert (old / "experiment.yaml").read_text().endswith("format: 3\n")
+
+
+@pytest.mark.parametrize("settings", ["both", "trainable_modules"])
+def test_resume_accepts_an_experiment_of_the_previous_release(tiny, finished, tmp_path, settings):
+    """Format 2 (the release before trainable_modules) and format 1 both resume."""
+    old = _copy(finished, tmp_path)
+    if settings == "both":
+        as_written_before_evaluate(old)
+    else:
+        as_written_before_trainable_modules(old)
+        plan = (old / "experiment.yaml").read_text()
+        assert plan.endswith("format: 2\n") and "trainable_modules" not in plan
+    assert _train(tiny, old, "--resume", epochs=1) == 0
+    assert (old / "experiment.yaml").read_text().endswith("format: 3\n")
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda text: text.replace("format: 2\n", ""), "damaged or truncated (ValueError: run 1"),
-        (lambda text: text.replace("format: 2", "format: 3"), "plan format 3, written by a newer"),
+        (lambda text: text.replace("format: 3\n", ""), "damaged or truncated (ValueError: run 1"),
+        (lambda text: text.replace("format: 3", "format: 4"), "plan format 4, written by a newer"),
         (lambda text: text.replace("  seed:", "  old_seed:"), "run 1 lacks seed (cut short"),
     ],
 )

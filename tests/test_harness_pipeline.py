@@ -3,6 +3,7 @@ artefacts and their schemas, the figures, resuming, and output-directory safety.
 
 import json
 
+import numpy as np
 import pytest
 
 import fwlora.harness.train as train_module
@@ -23,6 +24,8 @@ EPOCH_KEYS = {
     "eval_acc",
     "eval_f1",
     "eval_mcc",
+    "eval_macro_f1",
+    "eval_recall",
     "confusion_matrix",
     "train_time_sec",
     "eval_time_sec",
@@ -48,6 +51,9 @@ RUN_KEYS = {
     "final_eval_acc",
     "final_eval_f1",
     "final_eval_mcc",
+    "final_eval_macro_f1",
+    "final_eval_recall",
+    "final_confusion_matrix",
     "final_eval_loss",
     "final_train_loss",
     "final_train_acc",
@@ -349,3 +355,17 @@ def test_evaluate_final_resumes_an_interrupted_run_like_an_uninterrupted_one(
     assert resumed["best_eval_acc"] == resumed["final_eval_acc"]
     preds = _load(run_dir / "predictions.json")
     assert preds["best"] == preds["final"]
+
+
+def test_macro_f1_and_recall_per_class_of_one_evaluation():
+    from fwlora.harness.metrics import classification_metrics
+
+    labels = [0, 0, 1, 1, 2, 2, 2]
+    preds = [0, 1, 1, 1, 0, 0, 2]  # class 2's recall 1/3
+    m = classification_metrics(labels, preds, 3)
+    assert m["recall"] == pytest.approx([0.5, 1.0, 1 / 3])
+    # precision / recall per class: 1/3, 1/2 → F1 0.4; 2/3, 1 → 0.8; 1, 1/3 → 0.5
+    f1 = [0.4, 0.8, 0.5]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    never = classification_metrics([0, 1, 2], [0, 0, 0], 3)  # never predicts 1 or 2
+    assert never["recall"] == [1.0, 0.0, 0.0] and never["macro_f1"] == pytest.approx(1 / 6)

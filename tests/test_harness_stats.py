@@ -129,3 +129,65 @@ def test_min_detectable_difference_has_80_percent_power_by_simulation():
     rejected = np.abs(t) > sps.t.ppf(0.975, n - 1)
     assert rejected.mean() == pytest.approx(0.8, abs=0.01)
     assert stats.min_detectable_difference(sd, 1) is None
+
+
+# ------------------------------------------------------------------ intervals and TOST
+def test_paired_comparison_interval_and_tost_match_a_hand_computation():
+    a = np.array([0.71, 0.70, 0.72, 0.69, 0.73, 0.70])
+    b = np.array([0.70, 0.70, 0.71, 0.70, 0.71, 0.69])
+    d = a - b
+    n, mean, sd = len(d), d.mean(), d.std(ddof=1)
+    se = sd / np.sqrt(n)
+    c = stats.paired_comparison(a, b, margin=0.02)
+    half = sps.t.ppf(0.975, n - 1) * se
+    assert c["mean_difference"] == pytest.approx(mean)
+    assert (c["ci_low"], c["ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert c["p_difference"] == pytest.approx(sps.ttest_rel(a, b).pvalue)
+    # TOST: the larger of the two one-sided p-values against −margin and +margin.
+    p_low = sps.t.sf((mean + 0.02) / se, n - 1)
+    p_high = sps.t.cdf((mean - 0.02) / se, n - 1)
+    assert c["p_equivalence"] == pytest.approx(max(p_low, p_high))
+    assert c["mde_80"] == pytest.approx(stats.min_detectable_difference(sd, n))
+    assert c["wilcoxon"]["nonzero_pairs"] == 5 and c["wilcoxon"]["method"]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "margin", "verdict"),
+    [
+        ([0.8, 0.81, 0.82, 0.83], [0.7, 0.70, 0.71, 0.73], 0.01, "different"),
+        ([0.70, 0.701, 0.699, 0.70], [0.70, 0.70, 0.70, 0.70], 0.01, "equivalent"),
+        ([0.70, 0.75, 0.66, 0.71], [0.70, 0.70, 0.70, 0.70], 0.01, "inconclusive"),
+        ([0.7, 0.7, 0.7], [0.7, 0.7, 0.7], 0.01, "equivalent"),  # degenerate: all zero
+        ([0.72, 0.72, 0.72], [0.7, 0.7, 0.7], 0.01, "different"),  # degenerate: all 0.02
+    ],
+)
+def test_paired_comparison_verdicts(a, b, margin, verdict):
+    assert stats.paired_comparison(a, b, margin)["verdict"] == verdict
+
+
+@pytest.mark.parametrize("margin", [0, -0.01, float("nan"), float("inf"), True, "0.01"])
+def test_paired_comparison_refuses_a_bad_margin(margin):
+    with pytest.raises(ValueError, match="--equivalence-margin: expected a finite number > 0"):
+        stats.paired_comparison([0.1, 0.2], [0.1, 0.3], margin)
+
+
+def test_family_holm_adjusts_both_tests_and_states_its_size():
+    comps = [
+        stats.paired_comparison([0.8, 0.81, 0.82, 0.8], [0.7, 0.72, 0.71, 0.7], 0.01),
+        stats.paired_comparison([0.7, 0.71, 0.69], [0.7, 0.7, 0.7], 0.01),
+        stats.paired_comparison([0.7], [0.7], 0.01),  # one seed: undefined, not a member
+    ]
+    raw = [c["p_difference"] for c in comps]
+    assert stats.classify_family(comps) == 2
+    assert comps[0]["p_difference_holm"] == pytest.approx(min(1.0, 2 * min(raw[:2])))
+    assert [c["family_size"] for c in comps] == [2, 2, 2]
+    assert comps[2]["verdict"] == "inconclusive"
+
+
+def test_wilcoxon_states_its_method_and_zero_handling():
+    exact = stats.wilcoxon(np.array([0.01, -0.02, 0.03, 0.0, 0.05]))
+    assert exact["method"] == "exact" and exact["nonzero_pairs"] == 4
+    assert exact["p_value"] == pytest.approx(sps.wilcoxon([0.01, -0.02, 0.03, 0.05]).pvalue)
+    tied = stats.wilcoxon(np.array([0.01, 0.01, -0.01, 0.02, 0.0, 0.0]))
+    assert tied["method"] == "normal approximation" and tied["ties"]
+    assert "dropped" in tied["zero_method"]

@@ -18,6 +18,7 @@ from fwlora.harness import build_config, run_experiment
 from fwlora.harness.errors import HarnessError
 from fwlora.harness.sweep import (
     SWEEP_TESTS,
+    frontier,
     grid_label,
     lambda_curve,
     paired_fw_vs_l2,
@@ -268,6 +269,35 @@ def test_paired_tests_fw_vs_l2_at_each_lambda():
     expected = scipy_stats.ttest_rel(fw, l2).pvalue
     assert acting["paired_t"]["p_value"] == pytest.approx(expected)
     assert acting["paired_t"]["p_value"] < 0.01
+    # Identical runs: a degenerate interval at 0, equivalent within any margin.
+    same_paired = by_lam[1e-4]["paired"]["acc"]
+    assert same_paired["ci_low"] == same_paired["ci_high"] == 0
+    assert same_paired["verdict"] == "equivalent"
+
+
+def test_every_penalised_point_against_plain_lora_and_the_equal_strength_frontier():
+    runs = _fake_sweep()
+    doc = sweep_document(runs, margin=0.005)
+    assert doc["equivalence_margin"] == 0.005
+    cost = {(t["method"], t["lam"]): t["paired"]["acc"] for t in doc["vs_lora"]}
+    l2 = cost[("l2-lora", 0.1)]
+    assert l2["mean_difference"] == pytest.approx(np.mean([0.64, 0.66, 0.63, 0.65, 0.64]) - 0.704)
+    assert l2["verdict"] == "different"
+    # Achieved ratios: fw 0.001 and 1.0, l2 0.0012 and 1.2 (log-linear in between). At an
+    # achieved 0.5 both curves are interpolated for every seed.
+    at = {t["achieved_ratio"]: t for t in doc["frontier_tests"]}
+    assert 0.5 in at and at[0.5]["seeds"] == [1, 2, 3, 4, 5]
+    x = math.log(0.5)
+    fw_low, fw_high = [0.70, 0.71, 0.69, 0.70, 0.72], [0.68, 0.69, 0.67, 0.69, 0.70]
+    l2_low, l2_high = fw_low, [0.64, 0.66, 0.63, 0.65, 0.64]
+    fw = [np.interp(x, [math.log(1e-3), 0.0], [a, b]) for a, b in zip(fw_low, fw_high)]
+    l2v = [np.interp(x, [math.log(1.2e-3), math.log(1.2)], [a, b]) for a, b in zip(l2_low, l2_high)]
+    assert at[0.5]["paired"]["acc"]["mean_difference"] == pytest.approx(np.mean(fw) - np.mean(l2v))
+    # No extrapolation: 0.0011 lies below l2-lora's lowest achieved ratio (0.0012).
+    tests = frontier(lambda_curve(runs), 0.01, grid=(0.0011, 0.5))
+    assert [t["achieved_ratio"] for t in tests] == [0.5]
+    with pytest.raises(ValueError, match="--equivalence-margin: expected a finite number > 0"):
+        sweep_document(runs, margin=float("nan"))
 
 
 def test_curve_figures_and_tests_from_fake_runs_on_disk(tmp_path):
@@ -301,7 +331,10 @@ def test_curve_figures_and_tests_from_fake_runs_on_disk(tmp_path):
         for ext in ("pdf", "png"):
             assert (tmp_path / "figures" / f"{stem}.{ext}").stat().st_size > 1000
     assert text == sweep_text(doc)
-    assert "fw-lora (sum) − l2-lora at λ=0.1: Δ +0.0420" in text
+    assert "fw-lora (sum) − l2-lora at λ=0.1 (acc, 5 seeds) [2]: +0.0420 [95 % CI" in text
+    assert doc["family_size"]["fw_vs_l2"] == {"acc": 2}
+    acting = test["paired"]["acc"]
+    assert acting["verdict"] == "different" and acting["p_difference_holm"] < 0.05
     assert "(penalty barely acts)" in text.splitlines()[2]  # fw-lora (sum) at λ=1e-4: r=1e-3
 
 

@@ -208,13 +208,28 @@ def settings_flags(settings: dict, skip: tuple[str, ...] = ()) -> list[str]:
 
 def as_written_before_evaluate(out):
     """`out` as fwlora wrote it before the `evaluate` setting (plan format 1)."""
+    return as_written_before(out, ("evaluate", "trainable_modules"), None)
+
+
+def as_written_before_trainable_modules(out):
+    """`out` as the release before `trainable_modules` wrote it (plan format 2)."""
+    return as_written_before(out, ("trainable_modules",), 2)
+
+
+def as_written_before(out, keys, fmt):
+    """`out` without the settings `keys`, with format line `fmt` (None: no format line)."""
     plan = yaml.safe_load((out / "experiment.yaml").read_text())
-    assert plan.pop("format") == 2 and list(plan) == ["runs"]
+    assert plan.pop("format") == 3 and list(plan) == ["runs"]
+    defaults = {"evaluate": "every-epoch", "trainable_modules": None}
     for run in plan["runs"]:
-        assert run.pop("evaluate") == "every-epoch"
+        for key in keys:
+            assert run.pop(key) == defaults[key]
+    if fmt is not None:
+        plan["format"] = fmt
     (out / "experiment.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     for path in (out / "runs").glob("*/metrics.json"):
         metrics = json.loads(path.read_text())
-        del metrics["config"]["evaluate"]
+        for key in keys:
+            del metrics["config"][key]
         path.write_text(json.dumps(metrics))
     return plan

@@ -11,6 +11,14 @@
 #                                the copied runs (the same seeds give the same runs) and writes
 #                                targeting.json for all ten seeds
 #   runs/premise-c               optional: seed 10 alone (aggregate.sh reads every part's runs)
+# Second round (issue 23): `run_study.sh round2` starts both of its parts:
+#   runs/bind                    the penalty where it binds: l2-lora and fw-lora (max) at target
+#                                ratios 1, 3, 10, seeds 1-10 (seed-major); plain LoRA is the
+#                                first round's (same recipe, seeds, torch: the runs reproduce)
+#   runs/bind-sum                optional: fw-lora (sum) at the same targets
+#   runs/premise2                the premise test on one all-adapter model per seed, five arms
+#                                (TOP, RANDOM, TYPE, LAYER, BOTTOM), ranked by F_m, seeds 1-10
+#   runs/premise2-pw             optional: the same ranked by F_m/(in·out)
 # Logs: runs/<part>.log. Aggregate and rebuild the page: docs/study/aggregate.sh
 # Stop: kill PID (any signal; the part is continued by the next start of this script).
 set -u
@@ -38,7 +46,17 @@ part() {  # part NAME ARGS...: fresh, or --resume where a previous start left th
     >> "runs/$name.log" 2>&1 &
   echo "$name: pid $! (log runs/$name.log)"
 }
+ROUND2=(--target-ratios 1,3,10 --seeds 1,2,3,4,5,6,7,8,9,10)
+PREMISE2=(--k 9 --seeds 1,2,3,4,5,6,7,8,9,10 --evaluate final)
 case "${1:-all}" in
+  round2|bind)
+    part bind sweep --methods fw-lora,l2-lora --normalizations max "${ROUND2[@]}" ;;&
+  round2|premise2)
+    part premise2 targeting --rank-by fisher "${PREMISE2[@]}" ;;&
+  bind-sum)
+    part bind-sum sweep --methods fw-lora --normalizations sum "${ROUND2[@]}" ;;
+  premise2-pw)
+    part premise2-pw targeting --rank-by per-weight "${PREMISE2[@]}" ;;
   sweep|all)
     part study-a sweep "${GRID[@]}" --seeds 1,3,5,7,9
     part study-b sweep "${GRID[@]}" --seeds 2,4,6,8,10 ;;&

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import re
 import signal
@@ -123,6 +124,31 @@ def _add_output_options(parser: argparse.ArgumentParser, default: str) -> None:
     mode.add_argument("--resume", action="store_true", help="continue an interrupted output")
 
 
+def _margin(text: str) -> float:
+    """--equivalence-margin: a finite number > 0 (argparse names the flag on error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number > 0 in the metric's units (e.g. 0.01 accuracy), got {text!r}"
+        )
+    return value
+
+
+def _add_margin_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--equivalence-margin",
+        type=_margin,
+        default=0.01,
+        metavar="M",
+        help="paired comparisons: ±M is 'no practical difference' for the equivalence test "
+        "(TOST); each comparison is then different, equivalent or inconclusive "
+        "(default: 0.01, in accuracy / macro-F1 units)",
+    )
+
+
 def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     from fwlora.harness.config import FIELDS
 
@@ -159,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(compare, "fwlora-compare")
     compare.add_argument("--methods", help="comma-separated (default: lora,fw-lora,adalora)")
     compare.add_argument("--seeds", help="comma-separated (default: 42,43,44)")
+    _add_margin_option(compare)
     _add_run_options(compare, skip=("method", "seed"))
 
     sweep = command(
@@ -181,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalizations", help="fw-lora's, comma-separated: sum, max (default: sum)"
     )
     sweep.add_argument("--seeds", help="comma-separated (default: 42)")
+    _add_margin_option(sweep)
     _add_run_options(sweep, skip=SWEEP_AXES)
 
     ablation = command("ablation", help="the paper's FW-LoRA ablations: K, λ, no Fisher term")
@@ -202,14 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument(
         "--overwrite", action="store_true", help="replace an existing output that fwlora wrote"
     )
+    _add_margin_option(merge)
 
     targeting = command(
         "targeting",
-        help="the premise test: LoRA on the TOP-k / RANDOM-k / BOTTOM-k matrices by F_m",
+        help="the premise test: LoRA on the TOP-k matrices by F_m against matched controls",
         description="Per seed: a K-step FW-LoRA warm-up ranks the adapted matrices by F_m "
-        "(or F_m/(in·out)); plain LoRA is then trained on only the k highest (TOP), the k "
-        "lowest (BOTTOM) and k random matrices with TOP's LoRA parameter count within 5%% "
-        "(RANDOM); TOP − RANDOM and TOP − BOTTOM are tested over seeds (paired t, Wilcoxon). "
+        "(or F_m/(in·out)); one model adapts every matrix and, arm by arm, trains only k of "
+        "them (the rest frozen at zero): the k highest (TOP), k random ones with TOP's LoRA "
+        "parameter count within 5% (RANDOM), TOP's count per module type in random layers "
+        "(TYPE), TOP's count per layer with random types (LAYER), the k lowest (BOTTOM). TOP "
+        "minus each is reported with its 95% interval, an equivalence test and a verdict. "
         "Writes targeting.json and figures/targeting_accuracy.* beside the experiment.",
     )
     _add_output_options(targeting, "fwlora-targeting")
@@ -220,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     targeting.add_argument(
         "--rank-by", help="fisher (F_m), per-weight (F_m/(in·out)), or both (default: fisher)"
     )
+    _add_margin_option(targeting)
     _add_run_options(
         targeting, skip=("method", "seed", "variant", "fisher_lam", "fisher_normalization")
     )
@@ -326,6 +358,7 @@ def cmd_compare(args) -> None:
         Path(args.output),
         args.overwrite,
         args.resume,
+        margin=args.equivalence_margin,
     )
     _finish(exp, started)
 
@@ -347,8 +380,10 @@ def cmd_sweep(args) -> None:
         lists["seeds"],
         target_ratios=lists["target_ratios"],
     )
-    exp = run_experiment(configs, Path(args.output), args.overwrite, args.resume)
-    extra = write_sweep(exp.out_dir)
+    exp = run_experiment(
+        configs, Path(args.output), args.overwrite, args.resume, margin=args.equivalence_margin
+    )
+    extra = write_sweep(exp.out_dir, args.equivalence_margin)
     _finish(exp, started, extra=extra)
 
 
@@ -378,7 +413,9 @@ def cmd_merge(args) -> None:
     from fwlora.harness.merge import merge_experiments
 
     started = time.perf_counter()
-    exp, extra = merge_experiments(args.experiments, Path(args.output), args.overwrite)
+    exp, extra = merge_experiments(
+        args.experiments, Path(args.output), args.overwrite, margin=args.equivalence_margin
+    )
     _finish(exp, started, extra=extra)
 
 
@@ -410,6 +447,7 @@ def cmd_targeting(args) -> None:
         args.overwrite,
         args.resume,
         progress=lambda text: say(f"[targeting] {text}"),
+        margin=args.equivalence_margin,
     )
     _finish(exp, started, extra="\n".join(summary_lines(doc)))
 

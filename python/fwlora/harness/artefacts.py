@@ -23,6 +23,7 @@ AGGREGATED_KEYS = (
     "final_eval_acc",
     "final_eval_f1",
     "final_eval_mcc",
+    "final_eval_macro_f1",
     "final_eval_loss",
     "final_train_loss",
     "final_train_acc",
@@ -56,6 +57,19 @@ def _summary(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _recall_summary(members: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean (and sample std) over seeds of each class's recall in the final evaluation."""
+    if not all(r.get("final_eval_recall") for r in members):
+        return None
+    arr = np.asarray([r["final_eval_recall"] for r in members], dtype=float)
+    std = arr.std(axis=0, ddof=1) if len(arr) > 1 else None
+    return {
+        "mean": [float(v) for v in arr.mean(axis=0)],
+        "std": None if std is None else [float(v) for v in std],
+        "display": "/".join(f"{v:.2f}" for v in arr.mean(axis=0)),
+    }
+
+
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """mean ± std (sample std, ddof=1; null for one seed) of each metric per label."""
     groups = {}
@@ -71,7 +85,13 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "adapter_params": first["adapters"]["adapter_params"],
             "budget_percent": first["adapters"]["budget_percent"],
             "rank": first["adapters"]["rank"],
-            "metrics": {k: _summary([r[k] for r in members]) for k in AGGREGATED_KEYS},
+            # Runs written before a metric existed (macro-F1) leave it out of their group.
+            "metrics": {
+                k: _summary([r[k] for r in members])
+                for k in AGGREGATED_KEYS
+                if all(k in r for r in members)
+            },
+            "final_eval_recall": _recall_summary(members),
         }
     return {"schema": AGGREGATED_SCHEMA, "std": "sample (ddof=1)", "groups": groups}
 
@@ -88,7 +108,10 @@ def baseline_label(labels: list[str]) -> str:
 
 
 def significance(
-    runs: list[dict[str, Any]], run_dirs: dict[str, Path], n_resamples: int = 9999
+    runs: list[dict[str, Any]],
+    run_dirs: dict[str, Path],
+    n_resamples: int = 9999,
+    margin: float = stats.DEFAULT_MARGIN,
 ) -> dict[str, Any]:
     """Every label against the baseline (plain LoRA if present), pairing runs by seed."""
     groups = group_runs(runs)
@@ -133,6 +156,15 @@ def significance(
             )
             for key in ("final_eval_acc", "best_eval_acc")
         }
+        # The final evaluation (no selection on the evaluation set), per metric: interval,
+        # TOST against ±margin and a verdict (Holm over every comparison of the experiment).
+        paired = {
+            key: stats.paired_comparison(
+                [by_seed[s][0][key] for s in seeds], [by_seed[s][1][key] for s in seeds], margin
+            )
+            for key in ("final_eval_acc", "final_eval_macro_f1")
+            if all(key in by_seed[s][0] and key in by_seed[s][1] for s in seeds)
+        }
         comparisons.append(
             {
                 "method": label,
@@ -140,6 +172,7 @@ def significance(
                 "seeds": seeds,
                 "per_seed": per_seed,
                 "across_seeds": across,
+                "paired": paired,
                 "bootstrap_ci": stats.bootstrap_difference_ci(
                     np.stack(correct_a), np.stack(correct_b), n_resamples=n_resamples
                 ),
@@ -157,9 +190,27 @@ def significance(
             "(null when undefined: < 2 seeds or constant differences)",
             "bootstrap_ci": "percentile bootstrap over examples of the seed-averaged "
             "final accuracy difference",
+            "paired": "per metric of the final evaluation: mean difference with its 95 % "
+            "paired t-interval, two-sided paired t (different) and TOST against ±margin "
+            "(equivalent), both Holm-adjusted over every comparison of this experiment "
+            "(family_size); verdict different / equivalent / inconclusive; mde_80 is a "
+            "planning figure, not evidence",
         },
+        "equivalence_margin": margin,
+        "family_size": {key: _classify(comparisons, key) for key in _paired_keys(comparisons)},
         "comparisons": comparisons,
     }
+
+
+def _paired_keys(comparisons: list[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for c in comparisons:
+        keys += [k for k in c["paired"] if k not in keys]
+    return keys
+
+
+def _classify(comparisons: list[dict[str, Any]], key: str) -> int:
+    return stats.classify_family([c["paired"][key] for c in comparisons if key in c["paired"]])
 
 
 def write_json(path: Path, document: dict[str, Any]) -> Path:

@@ -156,6 +156,11 @@ class RunConfig:
     budget_percent: Annotated[Float, Field(gt=0.0, lt=100.0)] | None = None
     # Fully trained non-adapter modules (None: peft's default, the classification head).
     modules_to_save: Names | None = None
+    # Of the adapted matrices, only these train (qualified backbone names, e.g.
+    # "bert.encoder.layer.5.output.dense"); every other adapter stays in the model frozen at
+    # zero (B = 0, never updated). Arms of the premise test are so one model with the same
+    # initialisation draws and random streams. None: every adapted matrix trains.
+    trainable_modules: Names | None = None
     # Optimisation.
     lr: Annotated[Float, Field(gt=0.0)] = 2e-4
     weight_decay: Annotated[Float, Field(ge=0.0)] = 0.01
@@ -214,6 +219,16 @@ class RunConfig:
             )
         except ValueError as exc:
             raise PydanticCustomError("fisher_option", "{text}", {"text": str(exc)}) from None
+        return self
+
+    @model_validator(mode="after")
+    def _trainable_subset(self) -> RunConfig:
+        if self.trainable_modules is not None and self.method != "lora":
+            text = (
+                f"freezes adapters of plain LoRA runs only; method {self.method!r} "
+                "trains every adapter it adds: leave trainable_modules unset or use method lora"
+            )
+            raise PydanticCustomError("trainable_modules", "{text}", {"text": text})
         return self
 
     @property
@@ -353,6 +368,8 @@ def _describe(schema: type, error: Any) -> str:
     """One line for one validation error: key, what was expected, what was given."""
     kind, ctx = error["type"], error.get("ctx") or {}
     key, given = _key(error["loc"]), error.get("input")
+    if kind == "trainable_modules":
+        return f"trainable_modules: {ctx['text']}"
     if kind == "fisher_option":
         match = re.match(r"invalid `(\w+)`: (.*)", ctx["text"], re.S)
         return f"fisher_{match[1]}: {match[2]}" if match else f"FW-LoRA options: {ctx['text']}"
@@ -460,7 +477,10 @@ def result_settings(cfg: RunConfig) -> dict[str, Any]:
 # written before it used: a run saved without the key ran with that value. Adding a setting
 # means adding it here (with the behaviour it had before), so --resume and merge keep
 # accepting older experiments.
-ADDED_SETTINGS: dict[str, Any] = {"evaluate": "every-epoch"}
+ADDED_SETTINGS: dict[str, Any] = {"evaluate": "every-epoch", "trainable_modules": None}
+# The experiment.yaml format that first wrote each added setting: a file of an earlier format
+# never holds it (format 1: evaluate; format 2: trainable_modules).
+SETTING_FORMAT: dict[str, int] = {"evaluate": 2, "trainable_modules": 3}
 
 
 def with_added_settings(saved: dict[str, Any]) -> dict[str, Any]:

@@ -29,9 +29,9 @@ import yaml
 
 from fwlora.harness import artefacts, plots
 from fwlora.harness.config import (
-    ADDED_SETTINGS,
     LIST_KEYS,
     NON_RESULT_KEYS,
+    SETTING_FORMAT,
     RunConfig,
     build_config,
     result_settings,
@@ -42,6 +42,7 @@ from fwlora.harness.errors import HarnessError, Interrupted, environment_error, 
 from fwlora.harness.output import Staging, check_output
 from fwlora.harness.preflight import data_key, preflight
 from fwlora.harness.progress import say, steps
+from fwlora.harness.stats import DEFAULT_MARGIN
 from fwlora.harness.train import penalty_message, planned_run_name, train_run
 
 PLAN_FILE = "experiment.yaml"
@@ -106,8 +107,9 @@ def plan_sweep(
 
 
 # experiment.yaml's format. Format 2 ends with a `format` line, so a copy cut short reads as
-# format 1, whose runs never hold a setting added since (ADDED_SETTINGS).
-PLAN_FORMAT = 2
+# format 1, whose runs never hold a setting added since (ADDED_SETTINGS); format 3 added
+# trainable_modules (SETTING_FORMAT says which format first wrote each setting).
+PLAN_FORMAT = 3
 
 
 def plan_text(runs: list[dict[str, Any]], **extra: Any) -> str:
@@ -116,24 +118,27 @@ def plan_text(runs: list[dict[str, Any]], **extra: Any) -> str:
 
 
 def _read_plan(path: Path) -> list[dict[str, Any]]:
-    """The runs of a saved plan as this version writes them (format 1 gains the settings
-    added since, at the value its runs used); ValueError for a damaged or truncated file."""
+    """The runs of a saved plan as this version writes them (an earlier format gains the
+    settings added since, at the value its runs used); ValueError for a damaged or truncated
+    file."""
     saved = dict(yaml.safe_load(path.read_text(encoding="utf-8-sig")))
     fmt = saved.get("format", 1)
-    if fmt not in (1, PLAN_FORMAT):
+    if fmt not in range(1, PLAN_FORMAT + 1):
         raise HarnessError(
             f"{path}: plan format {fmt!r}, written by a newer fwlora (this one reads formats "
-            f"1 and {PLAN_FORMAT}); resume it with that version, or use --overwrite or "
+            f"1 to {PLAN_FORMAT}); resume it with that version, or use --overwrite or "
             "another --output"
         )
     expected = {f.name for f in dataclasses.fields(RunConfig)} - NON_RESULT_KEYS
+    later_keys = {k for k, first in SETTING_FORMAT.items() if first > fmt}
     runs = []
     for i, run in enumerate(saved["runs"], 1):
         run = dict(run)
-        if fmt == 1:
-            later = sorted(set(run) & set(ADDED_SETTINGS))
+        if fmt == 1:  # no format line: a later setting means the file was cut short
+            later = sorted(set(run) & later_keys)
             if later:
                 raise ValueError(f"run {i} has {', '.join(later)} but the file has no format line")
+        if fmt < PLAN_FORMAT:
             run = with_added_settings(run)
         missing = sorted(expected - set(run))
         if missing:
@@ -163,6 +168,7 @@ def run_experiment(
     overwrite: bool = False,
     resume: bool = False,
     n_resamples: int = 9999,
+    margin: float = DEFAULT_MARGIN,
 ) -> Experiment:
     """Trains every config (skipping finished runs on --resume), then writes artefacts.
 
@@ -182,7 +188,7 @@ def run_experiment(
     try:
         _check_plan(staging.path, configs, resume)
         runs, run_dirs = _train_all(configs, staging.path, data, resume)
-        exp = write_experiment(staging.path, runs, run_dirs, n_resamples)
+        exp = write_experiment(staging.path, runs, run_dirs, n_resamples, margin)
     except BaseException as exc:
         _stopped_early(staging, exc)
         raise
@@ -273,11 +279,15 @@ def _artefact(path: Path) -> Any:
 
 
 def write_experiment(
-    out_dir: Path, runs: list[dict[str, Any]], run_dirs: dict[str, Path], n_resamples: int = 9999
+    out_dir: Path,
+    runs: list[dict[str, Any]],
+    run_dirs: dict[str, Path],
+    n_resamples: int = 9999,
+    margin: float = DEFAULT_MARGIN,
 ) -> Experiment:
     """metrics.json, aggregated_metrics.json, significance_tests.json and the figures."""
     aggregated = artefacts.aggregate(runs)
-    significance = artefacts.significance(runs, run_dirs, n_resamples=n_resamples)
+    significance = artefacts.significance(runs, run_dirs, n_resamples=n_resamples, margin=margin)
     artefacts.write_json(out_dir / "metrics.json", artefacts.metrics_document(runs))
     artefacts.write_json(out_dir / "aggregated_metrics.json", aggregated)
     artefacts.write_json(out_dir / "significance_tests.json", significance)
@@ -320,6 +330,8 @@ def summary_table(exp: Experiment) -> str:
             "best acc",
             "final acc",
             "final F1",
+            "macro-F1",
+            "recall/class",
             "final MCC",
             "runtime s",
             "trainable",
@@ -337,6 +349,8 @@ def summary_table(exp: Experiment) -> str:
                 m["best_eval_acc"]["display"],
                 m["final_eval_acc"]["display"],
                 m["final_eval_f1"]["display"],
+                m["final_eval_macro_f1"]["display"] if "final_eval_macro_f1" in m else "-",
+                (g.get("final_eval_recall") or {}).get("display", "-"),
                 m["final_eval_mcc"]["display"],
                 f"{m['runtime_sec']['mean']:.1f}",
                 f"{g['trainable_params']:,}",

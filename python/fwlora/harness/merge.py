@@ -31,6 +31,7 @@ from fwlora.harness.experiment import (
     write_experiment,
 )
 from fwlora.harness.output import MARKER, Staging, check_output, written_by_fwlora
+from fwlora.harness.stats import DEFAULT_MARGIN
 from fwlora.harness.sweep import write_sweep
 
 # Settings that may differ between the merged runs of one label.
@@ -134,7 +135,10 @@ def _check_runs(sources: list[tuple[Path, Experiment]]) -> None:
 
 
 def merge_experiments(
-    dirs: Sequence[str | Path], out_dir: str | Path, overwrite: bool = False
+    dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    overwrite: bool = False,
+    margin: float = DEFAULT_MARGIN,
 ) -> tuple[Experiment, str]:
     """One experiment in `out_dir` from the finished experiments in `dirs`; returns it and
     the sweep's terminal text ("" without fw-lora / l2-lora runs)."""
@@ -165,8 +169,8 @@ def merge_experiments(
         ]
         merged_from = [str(folder) for folder, _ in sources]
         (staging.path / PLAN_FILE).write_text(plan_text(plan, merged_from=merged_from))
-        exp = write_experiment(staging.path, runs, run_dirs)
-        text = write_sweep(staging.path)
+        exp = write_experiment(staging.path, runs, run_dirs, margin=margin)
+        text = write_sweep(staging.path, margin)
     except BaseException:
         staging.discard()
         raise

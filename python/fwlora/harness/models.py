@@ -178,6 +178,13 @@ def attach_adapters(model: nn.Module, cfg: RunConfig, total_steps: int):
             "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
         )
         peft_model = get_peft_model(model, peft_config)
+    if cfg.trainable_modules is not None:
+        _freeze_unchosen(peft_model, linears, list(cfg.trainable_modules))
+        extra["trainable_matrices"] = len(cfg.trainable_modules)
+        extra["frozen_adapters"] = len(linears) - len(cfg.trainable_modules)
+        adapter_params = budget.lora_params(
+            [t for t in linears if t.name in set(cfg.trainable_modules)], rank
+        )
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     info = AdapterInfo(
         rank=rank,
@@ -190,6 +197,40 @@ def attach_adapters(model: nn.Module, cfg: RunConfig, total_steps: int):
         extra=extra,
     )
     return peft_model, info
+
+
+def _freeze_unchosen(
+    peft_model: nn.Module, linears: list[budget.TargetLinear], chosen: list[str]
+) -> int:
+    """Freezes the LoRA factors of every adapted matrix not in `chosen` (their B is peft's
+    zero initialisation, so they add nothing and never will); returns how many adapters were
+    frozen. A chosen name that is not an adapted matrix is refused."""
+    names = {t.name for t in linears}
+    unknown = [n for n in chosen if n not in names]
+    if unknown or len(set(chosen)) != len(chosen):
+        bad = unknown[0] if unknown else "a repeated name"
+        raise HarnessError(
+            f"trainable_modules: {bad!r} is not one of the {len(names)} matrices target_modules "
+            f"adapts (give qualified names such as {sorted(names)[0]!r}, each once)"
+        )
+    keep = set(chosen)
+    frozen = 0
+    for name, module in peft_model.named_modules():
+        if not hasattr(module, "lora_A"):
+            continue
+        base = name.removeprefix("base_model.model.")
+        if base in names and base not in keep:
+            for factor in (module.lora_A, module.lora_B):
+                for p in factor.parameters():
+                    p.requires_grad_(False)
+            if any(bool(p.any()) for p in module.lora_B.parameters()):  # peft's B = 0 init
+                raise HarnessError(f"trainable_modules: the adapter of {base} is not zero")
+            frozen += 1
+    if frozen != len(names) - len(keep):
+        raise HarnessError(
+            f"trainable_modules: froze {frozen} adapters, expected {len(names) - len(keep)}"
+        )
+    return frozen
 
 
 def adalora_final_ranks(peft_model: nn.Module) -> dict[str, int] | None:

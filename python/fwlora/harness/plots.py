@@ -16,7 +16,7 @@ from fwlora.harness.metrics import primary_metric
 FORMATS = ("pdf", "png")
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     paths = []
@@ -43,7 +43,7 @@ def confusion_matrix_plot(run: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{run['label']} (final epoch)", fontsize=10)
-    return _save(fig, out_dir, f"{run['run']}_confusion_matrix")
+    return save_figure(fig, out_dir, f"{run['run']}_confusion_matrix")
 
 
 def eval_acc_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -61,7 +61,7 @@ def eval_acc_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(run["label"], fontsize=10)
-    return _save(fig, out_dir, f"{run['run']}_eval_acc_learning_curve")
+    return save_figure(fig, out_dir, f"{run['run']}_eval_acc_learning_curve")
 
 
 def train_loss_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -86,7 +86,7 @@ def train_loss_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(run["label"], fontsize=10)
-    return _save(fig, out_dir, f"{run['run']}_train_loss_learning_curve")
+    return save_figure(fig, out_dir, f"{run['run']}_train_loss_learning_curve")
 
 
 def comparison_bar_chart(runs: list[dict[str, Any]], key: str, out_dir: Path) -> list[Path]:
@@ -123,7 +123,7 @@ def comparison_bar_chart(runs: list[dict[str, Any]], key: str, out_dir: Path) ->
     ax.grid(axis="y", alpha=0.3)
     n = max(len(v) for v in values)
     ax.set_title(f"{key} (mean ± std over {n} seed{'s' if n > 1 else ''})", fontsize=10)
-    return _save(fig, out_dir, f"comparison_{key}_bar_chart")
+    return save_figure(fig, out_dir, f"comparison_{key}_bar_chart")
 
 
 _LAYER = re.compile(r"layers?\.(\d+)\.(.+)$")
@@ -177,7 +177,7 @@ def importance_heatmap(run: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xlabel("module type")
     ax.set_ylabel("layer")
     ax.set_title(f"{run['label']}: frozen importances", fontsize=10)
-    return _save(fig, out_dir, f"{run['run']}_importance_heatmap")
+    return save_figure(fig, out_dir, f"{run['run']}_importance_heatmap")
 
 
 def all_plots(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -255,7 +255,7 @@ def sweep_lambda_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.legend(fontsize=8)
     what = "λ" if axis == "lam" else "target ratio"
     ax.set_title(f"Accuracy vs {what}: mean ± 95% CI over seeds", fontsize=10)
-    return _save(fig, out_dir, "sweep_lambda_curve")
+    return save_figure(fig, out_dir, "sweep_lambda_curve")
 
 
 def penalty_ratio_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -296,4 +296,4 @@ def penalty_ratio_curve(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title("Penalty gradient relative to the task gradient", fontsize=10)
-    return _save(fig, out_dir, "sweep_penalty_ratio")
+    return save_figure(fig, out_dir, "sweep_penalty_ratio")

@@ -3,6 +3,7 @@ RunConfig), task, data, model, target modules and device. A refused experiment w
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -98,6 +99,24 @@ def check_model(cfg: RunConfig, num_labels: int, pairs: bool = False) -> None:
         )
 
 
+def optimizer_steps(cfg: RunConfig, train_examples: int) -> int:
+    """The optimizer steps a run of `cfg` takes on `train_examples` examples."""
+    return math.ceil(train_examples / cfg.batch_size) * cfg.epochs
+
+
+def check_steps(cfg: RunConfig, train_examples: int) -> None:
+    """Refuses, before any output, a run its method cannot take in so few steps."""
+    steps = optimizer_steps(cfg, train_examples)
+    if cfg.method == "adalora" and steps < 2:
+        # peft's rank allocator reads gradient statistics of an earlier step at its first
+        # budget step: with one step in all there is none (a KeyError inside peft).
+        raise HarnessError(
+            f"epochs: an AdaLoRA run needs at least 2 optimizer steps; this one has {steps} "
+            f"({train_examples} training examples, batch_size {cfg.batch_size}, "
+            f"epochs {cfg.epochs}); raise epochs or lower batch_size"
+        )
+
+
 def preflight(configs: list[RunConfig]) -> dict[tuple, TaskData]:
     """Checks every run; returns their data, read once per distinct data setting."""
     for cfg in configs:
@@ -107,6 +126,8 @@ def preflight(configs: list[RunConfig]) -> dict[tuple, TaskData]:
     for cfg in configs:
         if data_key(cfg) not in data:
             data[data_key(cfg)] = load_task(cfg)
+    for cfg in configs:
+        check_steps(cfg, len(data[data_key(cfg)].train))
     checked: set[Any] = set()
     for cfg in configs:
         num_labels = data[data_key(cfg)].num_labels

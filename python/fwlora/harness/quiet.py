@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 
 # Loggers whose warnings are import-time probes for optional features the harness never uses.
-IMPORT_PROBES = ("bitsandbytes.backends.cpu.ops",)
+# The second: the `kernels` package that same probe goes through logs, with the hub offline
+# (HF_HUB_OFFLINE=1), that it skips the publisher trust check of that 4-bit kernel's repo.
+IMPORT_PROBES = ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub")
 
 
 def quiet_import_probes() -> None:

@@ -147,6 +147,8 @@ def _results_table(exp: Experiment) -> str:
         "Best val. acc",
         "Final val. acc",
         "Final F1",
+        "Final macro-F1",
+        "Final recall per class",
         "Final MCC",
         "Runtime (s)",
         "Peak memory (MB)",
@@ -160,6 +162,8 @@ def _results_table(exp: Experiment) -> str:
             _pm(m["best_eval_acc"]),
             _pm(m["final_eval_acc"]),
             _pm(m["final_eval_f1"]),
+            _pm(m["final_eval_macro_f1"]) if "final_eval_macro_f1" in m else "-",
+            (g.get("final_eval_recall") or {}).get("display", "-"),
             _pm(m["final_eval_mcc"]),
             _pm(m["runtime_sec"], 1),
             _pm(m["peak_memory_mb"], 0),
@@ -257,15 +261,17 @@ def _targeting_section(exp: Experiment, figures: _Figures, heading: str) -> str:
     lines = "".join(f"<li>{escape(line.strip())}</li>" for line in summary_lines(doc))
     figure = figures.figure(
         exp.out_dir / "figures" / f"{FIGURE_STEM}.png",
-        f"Held-out accuracy (final epoch) of plain LoRA on only the TOP-{doc['k']}, "
-        f"RANDOM-{doc['k']} (TOP's LoRA parameter count within 5 %) and BOTTOM-{doc['k']} "
-        "matrices by the warm-up's F_m; grey lines join one seed's three models, red is the "
-        "mean (higher is better).",
+        f"Held-out accuracy (final epoch) of LoRA training only the TOP-{doc['k']} matrices "
+        "by the warm-up's F_m, a size-matched RANDOM set, a type-matched (TYPE) and a "
+        "layer-matched (LAYER) set, and the BOTTOM set; grey lines join one seed's arms, red "
+        "is the mean (higher is better).",
     )
     return (
         f"<section><h2>Premise test{escape(heading)}</h2>"
-        "<p>Do the warm-up Fisher scores say where LoRA capacity matters? Paired over seeds "
-        f"(paired t-test and Wilcoxon signed-rank).</p><ul>{lines}</ul>{figure}</section>"
+        "<p>Do the warm-up Fisher scores say where LoRA capacity matters, beyond module type "
+        "and layer? TOP minus each control, paired over seeds: mean difference [95 % CI], "
+        f"equivalence test (TOST) against ±{doc['equivalence_margin']:g} and the verdict after "
+        f"Holm.</p><ul>{lines}</ul>{figure}</section>"
     )
 
 

@@ -249,18 +249,24 @@ def series_weights(points: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def _achieved(run: dict[str, Any]) -> float | None:
+    """The run's median ‖∇P‖/‖∇L_task‖ over its penalised steps (None: none penalised)."""
+    return (run.get("fisher") or {}).get("penalty_grad_ratio")
+
+
 def _cell(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     runs = sorted(runs, key=lambda r: r["seed"])
     values = [float(r[metric]) for r in runs]
-    ratios = [
-        r["fisher"]["penalty_grad_ratio"]
-        for r in runs
-        if r.get("fisher") and r["fisher"].get("penalty_grad_ratio") is not None
-    ]
+    achieved = [_achieved(r) for r in runs]
+    ratios = [float(v) for v in achieved if v is not None]
+    macro = [r.get("final_eval_macro_f1") for r in runs]
     return {
         "seeds": [r["seed"] for r in runs],
         "runs": [r["run"] for r in runs],
         "values": values,
+        # Runs written before macro-F1 existed: None.
+        "values_macro_f1": None if None in macro else [float(v or 0.0) for v in macro],
+        "achieved_ratios": achieved,
         "ci95": t_interval(values),
         "penalty_weights": _penalty_weights(runs),
         # median over seeds of each run's median ‖∇P‖/‖∇L_task‖
@@ -317,8 +323,133 @@ def curve_axis(curve: dict[str, Any]) -> str:
     return str(curve.get("axis", "lam"))
 
 
+def _metric_values(cell: dict[str, Any]) -> dict[str, list[float] | None]:
+    return {"acc": cell["values"], "macro_f1": cell.get("values_macro_f1")}
+
+
+def paired_metrics(
+    a: dict[str, Any], b: dict[str, Any], seeds: list[int], margin: float
+) -> dict[str, Any]:
+    """A − B per metric (acc: the curve's metric; macro_f1 where both cells have it) over
+    `seeds`, each a `stats.paired_comparison` (verdicts set later, per family)."""
+    out = {}
+    for name, values_a in _metric_values(a).items():
+        values_b = _metric_values(b)[name]
+        if values_a is None or values_b is None:
+            continue
+        out[name] = stats.paired_comparison(
+            [values_a[a["seeds"].index(s)] for s in seeds],
+            [values_b[b["seeds"].index(s)] for s in seeds],
+            margin,
+        )
+    return out
+
+
+def _classify(tests: list[dict[str, Any]]) -> dict[str, int]:
+    """Holm over each metric's family of `tests` (their "paired" entries); the sizes."""
+    sizes = {}
+    for metric in ("acc", "macro_f1"):
+        family = [t["paired"][metric] for t in tests if metric in t.get("paired", {})]
+        if family:
+            sizes[metric] = stats.classify_family(family)
+    return sizes
+
+
+def against_lora(curve: dict[str, Any], margin: float) -> list[dict[str, Any]]:
+    """Every penalised point minus plain LoRA, pairing seeds: what the penalty costs."""
+    lora = curve.get("lora")
+    if not lora:
+        return []
+    axis = curve_axis(curve)
+    tests = []
+    for name, points in curve["series"].items():
+        for point in points:
+            seeds = [s for s in point["seeds"] if s in lora["seeds"]]
+            if not seeds:
+                continue
+            tests.append(
+                {
+                    "method": name,
+                    "control": "lora",
+                    axis: point[axis],
+                    "axis": axis,
+                    "seeds": seeds,
+                    "achieved_ratio": point["penalty_grad_ratio"],
+                    "paired": paired_metrics(point, lora, seeds, margin),
+                }
+            )
+    return tests
+
+
+# The achieved strengths (median ‖∇P‖/‖∇L_task‖) at which FW-LoRA and l2-lora are compared.
+FRONTIER_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+
+
+def _seed_curve(points: list[dict[str, Any]], seed: int, metric: str):
+    """(log achieved ratio, metric) of one seed's runs along a series, sorted by ratio."""
+    xs, ys = [], []
+    for p in points:
+        values = _metric_values(p)[metric]
+        if seed not in p["seeds"] or values is None:
+            continue
+        i = p["seeds"].index(seed)
+        ratio = (p.get("achieved_ratios") or [None] * len(p["seeds"]))[i]
+        if ratio is not None and ratio > 0:
+            xs.append(math.log(ratio))
+            ys.append(values[i])
+    order = np.argsort(xs)
+    return np.asarray(xs)[order], np.asarray(ys)[order]
+
+
+def frontier(
+    curve: dict[str, Any], margin: float, grid: Sequence[float] = FRONTIER_GRID
+) -> list[dict[str, Any]]:
+    """Each fw-lora series minus l2-lora at equal ACHIEVED strength: per seed, the metric is
+    interpolated linearly in log(achieved ratio) along that seed's own runs of each series
+    (no extrapolation: a seed counts at a strength both of its curves reach), then paired
+    over seeds at each strength of FRONTIER_GRID."""
+    control = curve["series"].get("l2-lora")
+    if not control:
+        return []
+    seeds = sorted({s for p in control for s in p["seeds"]})
+    tests = []
+    for name, points in curve["series"].items():
+        if name == "l2-lora":
+            continue
+        for x in grid:
+            paired: dict[str, Any] = {}
+            used: list[int] = []
+            for metric in ("acc", "macro_f1"):
+                a, b, used_m = [], [], []
+                for s in seeds:
+                    xa, ya = _seed_curve(points, s, metric)
+                    xb, yb = _seed_curve(control, s, metric)
+                    lx = math.log(x)
+                    if len(xa) < 2 or len(xb) < 2:
+                        continue
+                    if not (xa[0] <= lx <= xa[-1] and xb[0] <= lx <= xb[-1]):
+                        continue
+                    a.append(float(np.interp(lx, xa, ya)))
+                    b.append(float(np.interp(lx, xb, yb)))
+                    used_m.append(s)
+                if len(used_m) >= 2:
+                    paired[metric] = stats.paired_comparison(a, b, margin)
+                    used = used if metric != "acc" else used_m
+            if paired:
+                tests.append(
+                    {
+                        "method": name,
+                        "control": "l2-lora",
+                        "achieved_ratio": x,
+                        "seeds": used,
+                        "paired": paired,
+                    }
+                )
+    return tests
+
+
 def paired_fw_vs_l2(
-    curve: dict[str, Any], run_dirs: dict[str, Path] | None = None
+    curve: dict[str, Any], run_dirs: dict[str, Path] | None = None, margin: float = 0.01
 ) -> list[dict[str, Any]]:
     """fw-lora (each normalisation) vs l2-lora at each λ, pairing seeds: paired t and
     Wilcoxon over the seeds' final metric, McNemar per seed and pooled over seeds (from the
@@ -344,6 +475,7 @@ def paired_fw_vs_l2(
                 "seeds": seeds,
                 "metric": curve["metric"],
                 "across_seeds": stats.paired_tests(a, b) if seeds else None,
+                "paired": paired_metrics(point, ref, seeds, margin) if seeds else {},
                 "mcnemar_per_seed": None,
                 "mcnemar_pooled": None,
             }
@@ -362,10 +494,17 @@ def paired_fw_vs_l2(
 
 
 def sweep_document(
-    runs: list[dict[str, Any]], run_dirs: dict[str, Path] | None = None
+    runs: list[dict[str, Any]],
+    run_dirs: dict[str, Path] | None = None,
+    margin: float = stats.DEFAULT_MARGIN,
 ) -> dict[str, Any]:
-    """sweep_tests.json: the λ curve and the fw-lora vs l2-lora tests."""
+    """sweep_tests.json: the λ curve, fw-lora vs l2-lora at each λ (or target), every
+    penalised point vs plain LoRA, and fw-lora vs l2-lora at equal achieved strength."""
+    margin = stats.check_margin(margin)
     curve = lambda_curve(runs)
+    fw_vs_l2 = paired_fw_vs_l2(curve, run_dirs, margin)
+    vs_lora = against_lora(curve, margin)
+    at_equal = frontier(curve, margin)
     return {
         "schema": SWEEP_SCHEMA,
         "metric": curve["metric"] + " (final epoch: no selection on the evaluation set)",
@@ -382,8 +521,24 @@ def sweep_document(
             "mcnemar_pooled": "McNemar on all seeds' predictions together (the same examples "
             "recur once per seed, so its p-value is optimistic)",
         },
+        "equivalence_margin": margin,
+        "paired": "per metric (acc, macro_f1 of the final evaluation): mean difference with "
+        "its 95 % paired t-interval, two-sided paired t (different) and TOST against "
+        "±equivalence_margin (equivalent), Holm-adjusted within each family (family_size: "
+        "the members with a defined test); verdict different / equivalent / inconclusive; "
+        "mde_80 is a planning figure (80 % power at the observed SD), not evidence",
+        "frontier": "fw-lora minus l2-lora at equal achieved ‖∇P‖/‖∇L_task‖: each seed's "
+        "metric interpolated linearly in log(achieved ratio) along its own runs of each "
+        "series, no extrapolation",
+        "family_size": {
+            "fw_vs_l2": _classify(fw_vs_l2),
+            "vs_lora": _classify(vs_lora),
+            "frontier": _classify(at_equal),
+        },
         "curve": curve,
-        "fw_vs_l2": paired_fw_vs_l2(curve, run_dirs),
+        "fw_vs_l2": fw_vs_l2,
+        "vs_lora": vs_lora,
+        "frontier_tests": at_equal,
     }
 
 
@@ -396,7 +551,7 @@ def sweep_text(doc: dict[str, Any]) -> str:
     curve = doc["curve"]
     axis = curve_axis(curve)
     lines = [
-        f"{AXIS_TEXT[axis]} sweep ({curve['metric']}, mean ± 95% CI over seeds; "
+        f"{AXIS_TEXT[axis]} sweep ({curve['metric']}, mean ± 95% CI half-width over seeds; "
         "r = ‖∇P‖/‖∇L_task‖):"
     ]
 
@@ -431,22 +586,43 @@ def sweep_text(doc: dict[str, Any]) -> str:
                 f"  {name}: penalty weights 1 − I_m in [{w['min']:.3f}, {w['max']:.3f}] over "
                 f"{w['matrices']} matrices, total {w['total']:.2f}"
             )
+    margin = doc.get("equivalence_margin", stats.DEFAULT_MARGIN)
+    lines.append(
+        f"paired over seeds: Δ [95 % CI], TOST against ±{margin:g}, verdict after Holm "
+        "(family size in brackets):"
+    )
     for test in doc["fw_vs_l2"]:
-        across = test["across_seeds"] or {}
         pooled = test["mcnemar_pooled"]
         mc = (
-            "" if not pooled else f", McNemar pooled b={pooled['b']} c={pooled['c']} p={_p(pooled)}"
+            "" if not pooled else f"; McNemar pooled b={pooled['b']} c={pooled['c']} p={_p(pooled)}"
         )
-        lines.append(
-            f"  {test['method']} − l2-lora at {strength_text(axis, test[axis])}: "
-            f"Δ {across.get('mean_difference', float('nan')):+.4f} over {len(test['seeds'])} "
-            f"seeds, paired t p={_p(across.get('paired_t'))}, "
-            f"Wilcoxon p={_p(across.get('wilcoxon'))}{mc}"
+        lines += _paired_lines(
+            f"{test['method']} − l2-lora at {strength_text(axis, test[axis])}", test, mc
+        )
+    for test in doc.get("vs_lora", []):
+        lines += _paired_lines(
+            f"{test['method']} − lora at {strength_text(axis, test[axis])}", test, ""
+        )
+    for test in doc.get("frontier_tests", []):
+        lines += _paired_lines(
+            f"{test['method']} − l2-lora at equal achieved ratio {test['achieved_ratio']:g}",
+            test,
+            "",
         )
     return "\n".join(lines)
 
 
-def write_sweep(out_dir: Path) -> str:
+def _paired_lines(title: str, test: dict[str, Any], tail: str) -> list[str]:
+    out = []
+    for metric, comp in (test.get("paired") or {}).items():
+        out.append(
+            f"  {title} ({metric}, {comp['n']} seeds) [{comp.get('family_size', 1)}]: "
+            f"{stats.comparison_text(comp)}{tail if metric == 'acc' else ''}"
+        )
+    return out
+
+
+def write_sweep(out_dir: Path, margin: float = stats.DEFAULT_MARGIN) -> str:
     """sweep_tests.json and figures/sweep_lambda_curve.{pdf,png} (+ sweep_penalty_ratio) in
     a finished experiment folder; returns the terminal text ("" when the experiment has no
     fw-lora / l2-lora runs)."""
@@ -454,7 +630,7 @@ def write_sweep(out_dir: Path) -> str:
     from fwlora.harness.plots import penalty_ratio_curve, sweep_lambda_curve
 
     exp = load_experiment(out_dir)
-    doc = sweep_document(exp.runs, exp.run_dirs)
+    doc = sweep_document(exp.runs, exp.run_dirs, margin)
     if not doc["curve"]["series"]:
         return ""
     (out_dir / SWEEP_TESTS).write_text(json.dumps(doc, indent=2), encoding="utf-8")

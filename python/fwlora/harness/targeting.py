@@ -4,19 +4,30 @@ capacity matters, beyond "big, late matrices"?
 For each seed: a K-step FW-LoRA warm-up (the exact statistic, the run's own data order,
 initialisation and schedule) gives F_m for every adaptable matrix; the matrices are ranked
 by F_m (`fisher`) or by F_m / (in · out) (`per-weight`, since F_m grows with a matrix's
-size); then fresh plain-LoRA models are trained on only k of them:
+size); then plain LoRA is trained on only k of them, in five arms:
 
 * TOP-k: the k highest-ranked matrices;
-* BOTTOM-k: the k lowest;
 * RANDOM-k: k matrices drawn at random until their LoRA parameter count is within 5 % of
-  TOP-k's (so "more parameters" cannot pass for "better matrices").
+  TOP-k's (so "more parameters" cannot pass for "better matrices");
+* TYPE-k (type-matched): TOP-k's count of each module type (query, key, value, attention
+  output, intermediate, output), layers drawn at random: does F know more than "FFN/value"?
+* LAYER-k (layer-matched): TOP-k's count in each layer, types drawn at random, within 5 % of
+  TOP-k's parameter count: does F know more than "late layers"?
+* BOTTOM-k: the k lowest (confounded: it is small, early matrices by construction).
 
-The three models of a seed share the seed (initialisation, batch order): they are paired,
-and TOP − RANDOM and TOP − BOTTOM are tested with a paired t-test and a Wilcoxon
-signed-rank test over seeds. Everything is trained through `run_experiment`, so the output
-folder is an ordinary experiment (report, merge, --resume) plus `targeting.json` and its
-figure. On --resume the warm-ups are recomputed (they are deterministic) and the experiment's
-saved plan checks that they chose the same matrices.
+Every arm of a seed is the same model: adapters on all adaptable matrices, the same
+initialisation draws and random streams, the unchosen adapters frozen at zero (B = 0, never
+updated; `RunConfig.trainable_modules`). The arms differ only in which matrices train, so
+they are paired as tightly as the design allows. TOP minus each control is reported per
+metric (final accuracy and macro-F1) with its 95 % interval, a paired equivalence test
+(TOST) against the margin, a verdict (different / equivalent / inconclusive, Holm over the
+family actually tested) and, as a planning figure, the minimum detectable difference.
+
+Everything is trained through `run_experiment`, so the output folder is an ordinary
+experiment (report, merge, --resume) plus `targeting.json` and its figure. On --resume the
+warm-ups are recomputed (they are deterministic) and the experiment's saved plan checks that
+they chose the same matrices. Parts of one experiment run in several folders (seeds split
+over processes) are joined by `combine`: the tests are recomputed over every seed.
 """
 
 from __future__ import annotations
@@ -38,11 +49,21 @@ from fwlora.harness.errors import HarnessError
 from fwlora.harness.plots import module_position
 
 RANKINGS = ("fisher", "per-weight")
-SETS = ("top", "random", "bottom")
-TOLERANCE = 0.05  # RANDOM-k's LoRA parameters within 5 % of TOP-k's
+SETS = ("top", "random", "type", "layer", "bottom")
+CONTROLS = ("random", "type", "layer", "bottom")
+# How each control is matched to TOP (the page's and the summary's words).
+CONTROL_TEXT = {
+    "random": "size-matched random",
+    "type": "type-matched",
+    "layer": "layer-matched",
+    "bottom": "BOTTOM (confounded: the smallest, least-scored matrices)",
+}
+METRICS = {"acc": "final_eval_acc", "macro_f1": "final_eval_macro_f1"}
+DEFAULT_MARGIN = stats.DEFAULT_MARGIN  # accuracy (and macro-F1) units
+TOLERANCE = 0.05  # RANDOM-k's and LAYER-k's LoRA parameters within 5 % of TOP-k's
 DRAWS = 20000  # random draws tried per seed before giving up
 TARGETING_FILE = "targeting.json"
-TARGETING_SCHEMA = "fwlora.targeting/1"
+TARGETING_SCHEMA = "fwlora.targeting/2"
 FIGURE_STEM = "targeting_accuracy"
 PEFT_PREFIX = "base_model.model."
 
@@ -94,6 +115,17 @@ def adaptable_matrices(cfg: RunConfig, num_labels: int) -> list[budget.TargetLin
     return budget.target_linears(skeleton, list(cfg.target_modules))
 
 
+def check_warmup(cfg: RunConfig, train_examples: int) -> None:
+    """Refuses, before any warm-up runs, a K the run's steps never get past."""
+    from fwlora.harness.preflight import optimizer_steps
+    from fwlora.harness.train import fisher_warmup_steps
+
+    total = optimizer_steps(cfg, train_examples)
+    k = fisher_warmup_steps(cfg, total)
+    if k >= total:
+        raise HarnessError(f"fisher_warmup: K = {k} is not below the run's {total} steps; lower it")
+
+
 # ------------------------------------------------------------------ warm-up and ranking
 def warmup_fisher(cfg: RunConfig, data: TaskData) -> dict[str, float]:
     """F_m after FW-LoRA's K-step warm-up, as a fw-lora run of `cfg` measures it: the run's
@@ -142,16 +174,46 @@ def scores(
 
 @dataclass
 class Draw:
-    """The three sets of one seed and ranking."""
+    """The five sets of one seed and ranking."""
 
     top: list[str]
     bottom: list[str]
     random: list[str]
+    type: list[str]
+    layer: list[str]
     params: dict[str, int]
-    tries: int
+    tries: dict[str, int]
 
     def sets(self) -> dict[str, list[str]]:
-        return {"top": self.top, "random": self.random, "bottom": self.bottom}
+        return {w: getattr(self, w) for w in SETS}
+
+
+def _match(
+    name: str,
+    draw_once,
+    size: dict[str, int],
+    goal: int,
+    tolerance: float,
+    draws: int,
+    seed: int,
+    k: int,
+) -> tuple[list[str], int]:
+    """The first of `draws` calls of draw_once() whose LoRA parameters are within
+    `tolerance` of `goal`: (set in model order, tries); HarnessError naming the closest."""
+    best: list[str] = []
+    best_gap = math.inf
+    for attempt in range(1, draws + 1):
+        pick = draw_once()
+        gap = abs(sum(size[n] for n in pick) - goal) / goal
+        if gap < best_gap:
+            best, best_gap = pick, gap
+        if gap <= tolerance:
+            return pick, attempt
+    raise HarnessError(
+        f"k: no {name} draw of {k} matrices ({draws} tried, seed {seed}) has TOP-{k}'s "
+        f"{goal:,} LoRA parameters within {tolerance:.0%}; the closest had "
+        f"{sum(size[n] for n in best):,} ({best_gap:+.1%}); choose another k"
+    )
 
 
 def choose_sets(
@@ -163,29 +225,62 @@ def choose_sets(
     tolerance: float = TOLERANCE,
     draws: int = DRAWS,
 ) -> Draw:
-    """TOP-k, BOTTOM-k, and RANDOM-k drawn to TOP-k's LoRA parameter count (within
-    `tolerance`); HarnessError, naming the closest draw, when no draw of `draws` matches."""
-    names = [m.name for m in matrices]  # model order: ties keep it
+    """TOP-k, BOTTOM-k and the three matched controls (see the module's docstring); each
+    control has its own random stream of `seed`. HarnessError, naming the closest draw, when
+    no draw of `draws` matches TOP-k's LoRA parameter count."""
+    names = [m.name for m in matrices]  # model order: ties keep it, sets are listed in it
+    position = {n: module_position(n) for n in names}
     order = sorted(names, key=lambda n: -score[n])
     size = {m.name: rank * (m.in_features + m.out_features) for m in matrices}
     top, bottom = order[:k], order[-k:]
     goal = sum(size[n] for n in top)
-    rng = np.random.default_rng([seed, k, 1016])
-    best: list[str] = []
-    best_gap = math.inf
-    for attempt in range(1, draws + 1):
-        pick = [names[i] for i in sorted(rng.choice(len(names), size=k, replace=False))]
-        gap = abs(sum(size[n] for n in pick) - goal) / goal
-        if gap < best_gap:
-            best, best_gap = pick, gap
-        if gap <= tolerance:
-            params = {"top": goal, "bottom": sum(size[n] for n in bottom)}
-            params["random"] = sum(size[n] for n in pick)
-            return Draw(top, bottom, pick, params, attempt)
-    raise HarnessError(
-        f"k: no random draw of {k} matrices ({draws} tried, seed {seed}) has TOP-{k}'s "
-        f"{goal:,} LoRA parameters within {tolerance:.0%}; the closest had "
-        f"{sum(size[n] for n in best):,} ({best_gap:+.1%}); choose another k"
+
+    def in_model_order(chosen: list[str]) -> list[str]:
+        keep = set(chosen)
+        return [n for n in names if n in keep]
+
+    streams = {w: np.random.default_rng([seed, k, 1016 + i]) for i, w in enumerate(CONTROLS)}
+
+    def random_draw() -> list[str]:
+        rng = streams["random"]
+        return [names[i] for i in sorted(rng.choice(len(names), size=k, replace=False))]
+
+    def grouped_draw(key: int, stream: str):
+        """TOP's count in each group (position[n][key]), members drawn within the group."""
+        counts = Counter(position[n][key] for n in top)
+        groups = {g: [n for n in names if position[n][key] == g] for g in counts}
+
+        def draw() -> list[str]:
+            rng = streams[stream]
+            pick: list[str] = []
+            for g, c in counts.items():
+                pool = groups[g]
+                pick += [pool[i] for i in rng.choice(len(pool), size=c, replace=False)]
+            return in_model_order(pick)
+
+        return draw
+
+    tries: dict[str, int] = {}
+    random_set, tries["random"] = _match(
+        "size-matched random", random_draw, size, goal, tolerance, draws, seed, k
+    )
+    type_set, tries["type"] = _match(
+        "type-matched", grouped_draw(1, "type"), size, goal, tolerance, draws, seed, k
+    )
+    layer_set, tries["layer"] = _match(
+        "layer-matched", grouped_draw(0, "layer"), size, goal, tolerance, draws, seed, k
+    )
+    sets = {"top": top, "random": random_set, "type": type_set, "layer": layer_set}
+    sets["bottom"] = bottom
+    params = {w: sum(size[n] for n in members) for w, members in sets.items()}
+    return Draw(
+        top,  # in rank order (highest first), as BOTTOM (lowest last)
+        bottom,
+        random_set,
+        type_set,
+        layer_set,
+        params,
+        tries,
     )
 
 
@@ -214,7 +309,8 @@ def plan_targeting(
     matrices: list[budget.TargetLinear],
     progress=None,
 ) -> Plan:
-    """Warm-up per seed, the sets of every ranking, and one plain-LoRA config per set."""
+    """Warm-up per seed, the sets of every ranking, and one plain-LoRA config per set: the
+    model adapts every matrix, only the set's matrices train."""
     fisher: dict[int, dict[str, float]] = {}
     draws: dict[tuple[int, str], Draw] = {}
     configs = []
@@ -233,7 +329,7 @@ def plan_targeting(
                         method="lora",
                         seed=seed,
                         variant=set_label(which, k, ranking),
-                        target_modules=names,
+                        trainable_modules=names,
                     )
                 )
     return Plan(k, rank_by, matrices, fisher, draws, configs)
@@ -256,124 +352,265 @@ def _spearman(a: dict[str, float], b: dict[str, float]) -> float:
     return float(spearmanr([a[n] for n in names], [b[n] for n in names]).statistic)
 
 
-def compare_sets(
-    by: dict[tuple[str, int], float], k: int, ranking: str, seeds: list[int]
-) -> dict[str, Any]:
-    """Accuracy per set and the paired tests TOP − RANDOM and TOP − BOTTOM, over the seeds
-    whose three runs are all finished. `by`: (run label, seed) → accuracy."""
-    acc = {w: [by.get((set_label(w, k, ranking), s)) for s in seeds] for w in SETS}
-    complete = [i for i, s in enumerate(seeds) if all(acc[w][i] is not None for w in SETS)]
-    done = {w: [float(by[(set_label(w, k, ranking), seeds[i])]) for i in complete] for w in SETS}
+def ranking_stability(fisher: dict[int, dict[str, float]]) -> dict[str, Any]:
+    """Spearman correlation of the F_m ranking between every pair of seeds."""
+    seeds = sorted(fisher)
+    pairs = {
+        f"{a}-{b}": _spearman(fisher[a], fisher[b])
+        for i, a in enumerate(seeds)
+        for b in seeds[i + 1 :]
+    }
+    values = list(pairs.values())
     return {
-        "seeds_complete": [seeds[i] for i in complete],
-        "accuracy": {
-            w: {
-                "values": acc[w],
-                "mean": float(np.mean(done[w])) if complete else None,
-                "std": float(np.std(done[w], ddof=1)) if len(complete) > 1 else None,
-            }
-            for w in SETS
+        "spearman_pairs": pairs,
+        "spearman_mean": float(np.mean(values)) if values else None,
+        "spearman_min": float(min(values)) if values else None,
+        "spearman_vs_first_seed": {
+            str(s): _spearman(fisher[seeds[0]], fisher[s]) for s in seeds[1:]
         },
-        "top_minus_random": stats.paired_tests(done["top"], done["random"]) if complete else None,
-        "top_minus_bottom": stats.paired_tests(done["top"], done["bottom"]) if complete else None,
     }
 
 
-def analyse(plan: Plan, runs: list[dict[str, Any]], metric: str = "final_eval_acc") -> dict:
-    """targeting.json: accuracy per set, the paired tests, where the top matrices sit."""
-    by = {(r["label"], r["seed"]): float(r[metric]) for r in runs}
-    seeds = sorted(plan.fisher)
+def _run_record(run: dict[str, Any] | None, names: list[str], params: int) -> dict[str, Any]:
+    """What the committed data keeps of one arm's run (None fields: not finished yet)."""
+    record: dict[str, Any] = {"set": names, "lora_params": params}
+    if run is None:
+        return {**record, "finished": False}
+    return {
+        **record,
+        "finished": True,
+        "run": run["run"],
+        "steps": run["total_steps"],
+        "trainable_params": run["adapters"]["trainable_params"],
+        "acc": float(run["final_eval_acc"]),
+        "macro_f1": float(run["final_eval_macro_f1"]),
+        "recall": run["final_eval_recall"],
+        "confusion_matrix": run["final_confusion_matrix"],
+    }
+
+
+def seed_records(plan: Plan, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per seed: its F_m and, per ranking, every arm's set, size and finished run."""
+    by = {(r["label"], r["seed"]): r for r in runs}
+    records = []
+    for s in sorted(plan.fisher):
+        rankings_: dict[str, Any] = {}
+        for ranking in plan.rank_by:
+            draw = plan.draws[(s, ranking)]
+            rankings_[ranking] = {
+                "draws_tried": draw.tries,
+                "arms": {
+                    w: _run_record(
+                        by.get((set_label(w, plan.k, ranking), s)), names, draw.params[w]
+                    )
+                    for w, names in draw.sets().items()
+                },
+            }
+        records.append({"seed": s, "fisher": plan.fisher[s], "rankings": rankings_})
+    return records
+
+
+def _comparisons(
+    records: list[dict[str, Any]], rank_by: list[str], margin: float
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """ranking → "top_minus_CONTROL" → metric → paired comparison over the seeds whose two
+    arms are finished; Holm over each metric's family (every ranking and control)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {r: {} for r in rank_by}
+    for metric in METRICS:
+        family = []
+        for ranking in rank_by:
+            for control in CONTROLS:
+                arms = [(rec["seed"], rec["rankings"][ranking]["arms"]) for rec in records]
+                done = [(s, a["top"], a[control]) for s, a in arms]
+                done = [(s, t, c) for s, t, c in done if t["finished"] and c["finished"]]
+                pairs = [(t, c) for _, t, c in done]
+                comp = stats.paired_comparison(
+                    [t[metric] for t, _ in pairs], [c[metric] for _, c in pairs], margin
+                )
+                comp["seeds"] = [s for s, _, _ in done]
+                comp["identical_sets"] = sum(t["set"] == c["set"] for t, c in pairs)
+                out[ranking].setdefault(f"top_minus_{control}", {})[metric] = comp
+                family.append(comp)
+        stats.classify_family(family)
+    return out
+
+
+def _arm_summary(records: list[dict[str, Any]], ranking: str) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for w in SETS:
+        arms = [rec["rankings"][ranking]["arms"][w] for rec in records]
+        done = [a for a in arms if a["finished"]]
+        summary[w] = {
+            "seeds": len(done),
+            "lora_params_mean": float(np.mean([a["lora_params"] for a in arms])),
+            **{
+                m: {
+                    "values": [a[m] if a["finished"] else None for a in arms],
+                    "mean": float(np.mean([a[m] for a in done])) if done else None,
+                    "sd": float(np.std([a[m] for a in done], ddof=1)) if len(done) > 1 else None,
+                }
+                for m in METRICS
+            },
+            "never_predicts": _never_predicted(done),
+        }
+    return summary
+
+
+def _never_predicted(arms: list[dict[str, Any]]) -> dict[str, int]:
+    """Per class: how many finished runs never predict it (a column of zeros)."""
+    counts: Counter[str] = Counter()
+    for a in arms:
+        columns = np.asarray(a["confusion_matrix"]).sum(axis=0)
+        counts.update(str(c) for c, v in enumerate(columns) if v == 0)
+    return dict(sorted(counts.items()))
+
+
+def document(
+    records: list[dict[str, Any]],
+    k: int,
+    rank_by: list[str],
+    matrix_shapes: dict[str, list[int]],
+    margin: float = DEFAULT_MARGIN,
+    parts: int = 1,
+) -> dict[str, Any]:
+    """targeting.json from the per-seed records (of one experiment, or of its parts)."""
+    seeds = [rec["seed"] for rec in records]
+    comparisons = _comparisons(records, rank_by, margin)
     doc: dict[str, Any] = {
         "schema": TARGETING_SCHEMA,
-        "metric": f"{metric} (final epoch: no selection on the evaluation set)",
-        "k": plan.k,
-        "adaptable_matrices": len(plan.matrices),
+        "metric": "final evaluation (no selection on the evaluation set): acc, macro_f1",
+        "k": k,
+        "adaptable_matrices": len(matrix_shapes),
         "seeds": seeds,
+        "parts": parts,
         "tolerance": TOLERANCE,
-        "tests": "paired t-test and Wilcoxon signed-rank over seeds (scipy); null when undefined",
+        "design": "one model per seed with adapters on every adaptable matrix; each arm trains "
+        "only its set, the other adapters frozen at zero (B = 0); same initialisation and "
+        "batch order in every arm",
+        "controls": CONTROL_TEXT,
+        "equivalence_margin": margin,
+        "tests": "per metric: mean difference TOP − control with its 95 % paired t-interval; "
+        "two-sided paired t-test (different) and TOST against ±margin (equivalent), both "
+        "Holm-adjusted over the metric's family (every ranking × control: family_size); "
+        "verdict different / equivalent / inconclusive; Wilcoxon signed-rank (method and "
+        "non-zero pairs stated); mde_80 is a planning figure (the smallest difference a "
+        "paired t-test at 0.05 detects with 80 % power at the observed SD), not evidence",
         "rankings": {},
     }
-    for ranking in plan.rank_by:
-        section = compare_sets(by, plan.k, ranking, seeds)
-        section["per_seed"] = []
+    for ranking in rank_by:
         top_counts: Counter[str] = Counter()
-        for s in seeds:
-            draw = plan.draws[(s, ranking)]
-            top_counts.update(draw.top)
-            section["per_seed"].append(
-                {
-                    "seed": s,
-                    "sets": draw.sets(),
-                    "lora_params": draw.params,
-                    "random_draws_tried": draw.tries,
-                    "accuracy": {w: by.get((set_label(w, plan.k, ranking), s)) for w in SETS},
-                }
-            )
-        section["top_where"] = where(plan.draws[(seeds[0], ranking)].top)
-        section["top_frequency"] = dict(top_counts.most_common())
-        section["top_same_every_seed"] = len(top_counts) == plan.k
-        doc["rankings"][ranking] = section
-    first = plan.fisher[seeds[0]]
-    doc["fisher"] = {str(s): plan.fisher[s] for s in seeds}
-    doc["ranking_stability"] = {
-        "spearman_vs_first_seed": {str(s): _spearman(first, plan.fisher[s]) for s in seeds[1:]}
-    }
-    doc["matrix_shapes"] = {m.name: [m.in_features, m.out_features] for m in plan.matrices}
+        for rec in records:
+            top_counts.update(rec["rankings"][ranking]["arms"]["top"]["set"])
+        doc["rankings"][ranking] = {
+            "seeds_complete": [
+                rec["seed"]
+                for rec in records
+                if all(a["finished"] for a in rec["rankings"][ranking]["arms"].values())
+            ],
+            "arms": _arm_summary(records, ranking),
+            "comparisons": comparisons[ranking],
+            "top_where": where(records[0]["rankings"][ranking]["arms"]["top"]["set"]),
+            "top_frequency": dict(top_counts.most_common()),
+            "top_same_every_seed": len(top_counts) == k,
+        }
+    doc["ranking_stability"] = ranking_stability({rec["seed"]: rec["fisher"] for rec in records})
+    doc["matrix_shapes"] = matrix_shapes
+    doc["per_seed"] = records
     return doc
 
 
+def analyse(plan: Plan, runs: list[dict[str, Any]], margin: float = DEFAULT_MARGIN) -> dict:
+    """targeting.json of one experiment."""
+    shapes = {m.name: [m.in_features, m.out_features] for m in plan.matrices}
+    return document(seed_records(plan, runs), plan.k, plan.rank_by, shapes, margin)
+
+
+def combine(docs: list[dict[str, Any]], margin: float | None = None) -> dict[str, Any]:
+    """One targeting.json from the targeting.json of each part of an experiment (seeds run
+    in separate folders): the per-seed records joined (a seed in two parts must agree), the
+    tests recomputed over all of them. HarnessError for parts of different experiments."""
+    if not docs:
+        raise HarnessError("targeting: no parts to combine")
+    first = docs[0]
+    for doc in docs:
+        if doc.get("schema") != TARGETING_SCHEMA:
+            raise HarnessError(
+                f"targeting: a part has schema {doc.get('schema')!r}, expected {TARGETING_SCHEMA}"
+            )
+        same = (doc["k"], list(doc["rankings"]), doc["matrix_shapes"])
+        if same != (first["k"], list(first["rankings"]), first["matrix_shapes"]):
+            raise HarnessError("targeting: the parts differ in k, rankings or matrices")
+    records: dict[int, dict[str, Any]] = {}
+    for doc in docs:
+        for rec in doc["per_seed"]:
+            known = records.get(rec["seed"])
+            if known is not None and known["fisher"] != rec["fisher"]:
+                raise HarnessError(
+                    f"targeting: seed {rec['seed']} has different warm-ups in two parts"
+                )
+            if known is None or _finished(rec) > _finished(known):
+                records[rec["seed"]] = rec
+    return document(
+        [records[s] for s in sorted(records)],
+        first["k"],
+        list(first["rankings"]),
+        first["matrix_shapes"],
+        first["equivalence_margin"] if margin is None else margin,
+        parts=len(docs),
+    )
+
+
+def _finished(record: dict[str, Any]) -> int:
+    return sum(a["finished"] for r in record["rankings"].values() for a in r["arms"].values())
+
+
 def targeting_figure(doc: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Per ranking: each seed's accuracy of TOP, RANDOM, BOTTOM joined by a line, and the
-    mean of each set."""
+    """Per ranking: each seed's accuracy in every arm joined by a line, and each arm's mean."""
     from matplotlib.figure import Figure
 
-    from fwlora.harness.plots import _save
+    from fwlora.harness.plots import save_figure
 
     rankings_ = list(doc["rankings"])
-    fig = Figure(figsize=(4.2 * len(rankings_), 3.6))
+    fig = Figure(figsize=(5.2 * len(rankings_), 3.8))
     for i, ranking in enumerate(rankings_):
-        section = doc["rankings"][ranking]
+        arms = doc["rankings"][ranking]["arms"]
         ax = fig.add_subplot(1, len(rankings_), i + 1)
-        values = [section["accuracy"][w]["values"] for w in SETS]
+        values = [arms[w]["acc"]["values"] for w in SETS]
         for seed_index in range(len(doc["seeds"])):
             row = [v[seed_index] for v in values]
             if all(x is not None for x in row):
                 ax.plot(range(len(SETS)), row, "-", color="0.7", lw=0.8, marker=".")
-        means = [section["accuracy"][w]["mean"] for w in SETS]
+        means = [arms[w]["acc"]["mean"] for w in SETS]
         if all(m is not None for m in means):
             ax.plot(range(len(SETS)), means, "o-", color="C3", lw=2, label="mean")
             ax.legend(fontsize=8)
-        ax.set_xticks(range(len(SETS)), [f"{w.upper()}-{doc['k']}" for w in SETS])
+        ax.set_xticks(range(len(SETS)), [f"{w.upper()}-{doc['k']}" for w in SETS], fontsize=8)
         ax.set_ylabel("held-out accuracy (final epoch)")
-        n = len(section["seeds_complete"])
+        n = len(doc["rankings"][ranking]["seeds_complete"])
         ax.set_title(f"ranked by {ranking} ({n} seed{'s' if n != 1 else ''})", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_dir, FIGURE_STEM)
+    return save_figure(fig, out_dir, FIGURE_STEM)
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
     """Plain-text summary of targeting.json (for the terminal and the report)."""
     lines = []
     for ranking, section in doc["rankings"].items():
-        acc = section["accuracy"]
+        arms = section["arms"]
         means = ", ".join(
-            f"{w.upper()} {acc[w]['mean']:.4f}" for w in SETS if acc[w]["mean"] is not None
+            f"{w.upper()} {arms[w]['acc']['mean']:.4f}"
+            for w in SETS
+            if arms[w]["acc"]["mean"] is not None
         )
         lines.append(
             f"ranked by {ranking}, k = {doc['k']} of {doc['adaptable_matrices']}, "
-            f"{len(section['seeds_complete'])} seeds: {means}"
+            f"{len(section['seeds_complete'])} seeds complete (accuracy): {means}"
         )
-        for key, name in (
-            ("top_minus_random", "TOP − RANDOM"),
-            ("top_minus_bottom", "TOP − BOTTOM"),
-        ):
-            test = section[key]
-            if test:
-                t, w = test["paired_t"], test["wilcoxon"]
+        for control in CONTROLS:
+            for metric, comp in section["comparisons"][f"top_minus_{control}"].items():
                 lines.append(
-                    f"  {name}: {test['mean_difference']:+.4f}; paired t p = "
-                    f"{'n/a' if not t else format(t['p_value'], '.3g')}; Wilcoxon p = "
-                    f"{'n/a' if not w else format(w['p_value'], '.3g')}"
+                    f"  TOP − {CONTROL_TEXT[control]} ({metric}, {comp['n']} seeds, Holm over "
+                    f"{comp['family_size']}): {stats.comparison_text(comp)}"
                 )
         kinds = ", ".join(f"{k} × {v}" for k, v in section["top_where"]["type"].items())
         layers = ", ".join(f"{k}: {v}" for k, v in section["top_where"]["layer"].items())
@@ -381,8 +618,10 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_targeting(out_dir: Path, plan: Plan, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    doc = analyse(plan, runs)
+def write_targeting(
+    out_dir: Path, plan: Plan, runs: list[dict[str, Any]], margin: float = DEFAULT_MARGIN
+) -> dict[str, Any]:
+    doc = analyse(plan, runs, margin)
     (out_dir / TARGETING_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")
     targeting_figure(doc, out_dir / "figures")
     return doc
@@ -399,6 +638,7 @@ def run_targeting(
     overwrite: bool = False,
     resume: bool = False,
     progress=None,
+    margin: float = DEFAULT_MARGIN,
 ):
     """Checks everything, runs the warm-ups, trains every set, writes targeting.json and its
     figure; returns (experiment, targeting document). Bad input writes nothing."""
@@ -411,6 +651,7 @@ def run_targeting(
     data = preflight([base])[data_key(base)]
     matrices = adaptable_matrices(base, data.num_labels)
     k = resolve_k(k, fraction, len(matrices))
+    check_warmup(base, len(data.train))
     plan = plan_targeting(base, data, seeds, k, rank_by, matrices, progress)
     exp = run_experiment(plan.configs, out_dir, overwrite, resume)
-    return exp, write_targeting(exp.out_dir, plan, exp.runs)
+    return exp, write_targeting(exp.out_dir, plan, exp.runs, margin)

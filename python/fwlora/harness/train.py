@@ -310,6 +310,8 @@ def _evaluate_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], np.ndarray]:
         "eval_acc": m["acc"],
         "eval_f1": m["f1"],
         "eval_mcc": m["mcc"],
+        "eval_macro_f1": m["macro_f1"],
+        "eval_recall": m["recall"],
         "confusion_matrix": m["confusion_matrix"],
         "eval_time_sec": time.perf_counter() - t1,
     }
@@ -325,7 +327,7 @@ def _epoch_line(run: _Run, row: dict[str, Any]) -> str:
     return (
         f"[{run.name}] epoch {row['epoch']}: train_loss {row['train_loss']:.4f} "
         f"eval_acc {row['eval_acc']:.4f} eval_f1 {row['eval_f1']:.4f} "
-        f"eval_mcc {row['eval_mcc']:.4f} "
+        f"eval_macro_f1 {row['eval_macro_f1']:.4f} eval_mcc {row['eval_mcc']:.4f} "
         f"({row['train_time_sec']:.1f}s + {row['eval_time_sec']:.1f}s eval)"
     )
 
@@ -399,6 +401,9 @@ def _run_metrics(run: _Run, progress: dict[str, Any]) -> dict[str, Any]:
         "final_eval_acc": final["eval_acc"],
         "final_eval_f1": final["eval_f1"],
         "final_eval_mcc": final["eval_mcc"],
+        "final_eval_macro_f1": final["eval_macro_f1"],
+        "final_eval_recall": final["eval_recall"],
+        "final_confusion_matrix": final["confusion_matrix"],
         "final_eval_loss": final["eval_loss"],
         "final_train_loss": final["train_loss"],
         "final_train_acc": final["train_acc"],

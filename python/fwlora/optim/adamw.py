@@ -40,15 +40,37 @@ def _plain_adamw_step() -> Callable[..., Any]:
     return step
 
 
+def _value(x: Any, tensors: bool) -> float | None:
+    """A number's value for the checks: Python and numpy reals, and (where torch takes
+    them: lr and betas) one-element real tensors; None for anything else."""
+    if tensors and isinstance(x, torch.Tensor):
+        if x.numel() != 1 or x.is_complex() or x.dtype == torch.bool:
+            return None
+        return float(x.detach().item())
+    x = plain_number(x)
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x)
+
+
+def _plain(x: Any) -> Any:
+    return x if isinstance(x, torch.Tensor) else plain_number(x)
+
+
 def _check_adamw(*, betas: Any, **numbers: Any) -> None:
-    """AdamW's own checks, with messages that name the argument (torch's say "Invalid ...")."""
+    """AdamW's own checks, with messages that name the argument (torch's say "Invalid ...").
+    lr and betas may be one-element tensors, as torch allows (torch.compile users pass them
+    to avoid recompiles); their values are checked like numbers."""
     for name, value in numbers.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"invalid `{name}`: expected a number >= 0, got {value!r}")
+        checked = _value(value, tensors=name == "lr")
+        if checked is None or not checked >= 0:
+            what = "a number (or a one-element tensor) >= 0" if name == "lr" else "a number >= 0"
+            raise ValueError(f"invalid `{name}`: expected {what}, got {value!r}")
     if not (isinstance(betas, tuple | list) and len(betas) == 2):
         raise ValueError(f"invalid `betas`: expected a pair of floats in [0, 1), got {betas!r}")
     for i, beta in enumerate(betas):
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta < 1:
+        checked = _value(beta, tensors=True)
+        if checked is None or not 0 <= checked < 1:
             raise ValueError(f"invalid `betas`: expected betas[{i}] in [0, 1), got {beta!r}")
 
 
@@ -70,8 +92,8 @@ class FisherAdamW(torch.optim.AdamW):
     def __init__(
         self,
         model: nn.Module,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float | torch.Tensor, float | torch.Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
         *,
@@ -107,9 +129,11 @@ class FisherAdamW(torch.optim.AdamW):
                 f"{', '.join(sorted(unknown))}: unknown option(s) for FisherAdamW; "
                 f"expected some of {', '.join(allowed)}"
             )
-        lr, eps, weight_decay = plain_number(lr), plain_number(eps), plain_number(weight_decay)
+        # Tensors (lr, betas) pass as they are; numpy scalars become Python numbers.
+        lr = _plain(lr)
+        eps, weight_decay = plain_number(eps), plain_number(weight_decay)
         if isinstance(betas, tuple | list):
-            betas = tuple(plain_number(b) for b in betas)
+            betas = tuple(_plain(b) for b in betas)
         _check_adamw(lr=lr, eps=eps, weight_decay=weight_decay, betas=betas)
         options = FisherOptions(
             warmup=warmup,

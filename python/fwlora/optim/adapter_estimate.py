@@ -34,10 +34,13 @@ def _sq_norms(tensors: list[torch.Tensor | None], like: torch.Tensor) -> torch.T
 
 
 @torch.no_grad()
-def adapter_estimate(matrices: Sequence[AdapterMatrix]) -> torch.Tensor:
+def adapter_estimate(
+    matrices: Sequence[AdapterMatrix], grad_scale: float | None = None
+) -> torch.Tensor:
     """ĝ_m for every matrix, as a float64 (M,) tensor on the factors' device (no host sync).
 
     Call before the optimizer updates the factors (it reads the weights the gradients belong to).
+    `grad_scale`: the factor the gradients still carry (a fused optimizer under a GradScaler).
     """
     a = [m.lora_A for m in matrices]
     b = [m.lora_B for m in matrices]
@@ -53,4 +56,5 @@ def adapter_estimate(matrices: Sequence[AdapterMatrix]) -> torch.Tensor:
     )
     g_b = grad_b * fan_in / (s2 * norm_a).clamp_min(torch.finfo(torch.float64).tiny)
     g_a = grad_a * fan_out / (s2 * norm_b).clamp_min(torch.finfo(torch.float64).tiny)
-    return torch.where(norm_b > 0, 0.5 * (g_b + g_a), g_b)
+    estimate = torch.where(norm_b > 0, 0.5 * (g_b + g_a), g_b)
+    return estimate if grad_scale is None else estimate / grad_scale**2

@@ -86,11 +86,14 @@ class Calibration:
         step: int,
         alpha: float,
         penalised: bool,
+        grad_scale: float | None = None,
     ) -> bool:
         """At optimizer step `step` while `core.lam` is None, before any penalty: calibrates
         λ when `penalised` and this step allows it (True then), else averages this step's
         task gradient in for a later calibration."""
         task_sq = sq_norm_sum(p.grad for p in factors if p.grad is not None)
+        if task_sq is not None and grad_scale is not None:  # fused under a GradScaler
+            task_sq = task_sq / (grad_scale**2)
         if penalised and self._calibrate(core, penalty, factors, step, task_sq):
             return True
         if task_sq is not None:
@@ -186,12 +189,14 @@ def _unit_penalty_sq(
 ) -> torch.Tensor:
     """‖∇P‖² at λ = 1, full strength, with the task gradients set aside and restored untouched.
 
-    The penalty's gradient is written into empty .grad slots (so it is read, not mixed with
-    the task's), measured, and the task gradients are put back, bit for bit.
+    The penalty's gradient is written into zeroed .grad slots (so it is read, not mixed with
+    the task's), measured, and the task gradients are put back, bit for bit. Only the factors
+    that have a gradient this step take the penalty (see `FisherPenalty.add_gradients`), so
+    only they are measured.
     """
     saved = [p.grad for p in factors]
-    for p in factors:
-        p.grad = None
+    for p, g in zip(factors, saved):
+        p.grad = None if g is None else torch.zeros_like(g)
     try:
         penalty.set_factors(weights)
         unit_sq = penalty.add_gradients(1.0, measure=True)

@@ -33,6 +33,8 @@ def scale_decoupled_decay(
     group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
     for matrix, weight in zip(matrices, weights):
         for p in (matrix.lora_A, matrix.lora_B):
+            if p.grad is None:  # AdamW neither updates nor decays it: nothing to scale
+                continue
             group = group_of[id(p)]
             lr_wd = float(group["lr"]) * float(group["weight_decay"])
             if lr_wd == 0.0:

@@ -77,15 +77,28 @@ def current_factors(matrix: AdapterMatrix) -> tuple[nn.Parameter, nn.Parameter]:
     return module.lora_A[adapter].weight, module.lora_B[adapter].weight
 
 
-def _accelerate_fsdp_version() -> int | None:
-    """The FSDP version of accelerate's active plugin, when accelerate is in use (never
-    imports it: the Trainer and ``Accelerator(fsdp_plugin=...)`` announce FSDP through
-    ACCELERATE_USE_FSDP without FSDP_VERSION)."""
+def _accelerate_shared_state() -> dict[str, Any]:
+    """accelerate's AcceleratorState once an Accelerator exists ({} otherwise; never imports
+    accelerate)."""
     state = sys.modules.get("accelerate.state")
     shared = getattr(getattr(state, "AcceleratorState", None), "_shared_state", None)
-    plugin = shared.get("fsdp_plugin") if isinstance(shared, dict) else None
+    return shared if isinstance(shared, dict) else {}
+
+
+def _accelerate_fsdp_version() -> int | None:
+    """The FSDP version of accelerate's active plugin, when accelerate is in use (the Trainer
+    and ``Accelerator(fsdp_plugin=...)`` announce FSDP through ACCELERATE_USE_FSDP without
+    FSDP_VERSION)."""
+    plugin = _accelerate_shared_state().get("fsdp_plugin")
     version = getattr(plugin, "fsdp_version", None)
     return int(version) if version is not None else None
+
+
+def _accelerate_fell_back() -> bool:
+    """Whether accelerate, asked for FSDP, chose another distributed type: it turns FSDP on
+    only for GPU-type backends, and on CPU runs DDP (plain tensors, nothing sharded)."""
+    kind = _accelerate_shared_state().get("distributed_type")
+    return kind is not None and str(getattr(kind, "value", kind)) != "FSDP"
 
 
 def _env_engine() -> str | None:
@@ -93,6 +106,8 @@ def _env_engine() -> str | None:
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").strip().lower() in _TRUE:
         return "DeepSpeed: not supported (ACCELERATE_USE_DEEPSPEED is set)"
     if os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in _TRUE:
+        if _accelerate_fell_back():
+            return None
         version = _accelerate_fsdp_version()
         source = "accelerate's FSDP plugin"
         if version is None:

@@ -114,7 +114,12 @@ class FisherPenalty:
 
     @torch.no_grad()
     def add_gradients(self, scale: float = 1.0, measure: bool = False) -> torch.Tensor | None:
-        """grad += scale · ∂P/∂(A, B) for every adapter (a missing grad is created).
+        """grad += scale · ∂P/∂(A, B) for every factor that has a gradient this step.
+
+        A factor without one (no backward reached it, or requires_grad=False) is left alone,
+        as AdamW leaves a parameter without a gradient: no penalty, no update. The measured
+        norm then counts only the factors penalised. Under FSDP2 every rank still takes part
+        in each group's collectives.
 
         With `measure`, returns ‖scale · ∂P/∂(A, B)‖² over all factors as a float64 0-d
         tensor on the factors' device (no host sync; from the r × r Gram matrices, see the
@@ -124,14 +129,21 @@ class FisherPenalty:
             raise RuntimeError("FisherPenalty.add_gradients before set_factors")
         sq_norms = []
         for i, group in enumerate(self.groups):
+            has_a = [_takes_penalty(p) for p in group.lora_A]
+            has_b = [_takes_penalty(p) for p in group.lora_B]
+            if not (any(has_a) or any(has_b)) and not group.sharded:
+                continue  # nothing of this group is updated this step
+            every = all(has_a) and all(has_b)
             if group.sharded:
                 coef = self._follow(i, _local(group.lora_A[0]))
                 c = coef if scale == 1.0 else coef * scale
                 grad_a, grad_b, gram_a, gram_b = _sharded_terms(group, c)
                 if measure:
-                    sq_norms.append(_grad_sq_norm(gram_a, gram_b, c))
-                _accumulate_sharded(group.lora_B, grad_b)
-                _accumulate_sharded(group.lora_A, grad_a)
+                    sq_norms.append(
+                        _grad_sq_norm(gram_a, gram_b, c, None if every else (has_a, has_b))
+                    )
+                _accumulate_sharded(group.lora_B, grad_b, has_b)
+                _accumulate_sharded(group.lora_A, grad_a, has_a)
                 continue
             a = torch.stack(group.lora_A)  # (n, r, in)
             b = torch.stack(group.lora_B)  # (n, out, r)
@@ -140,7 +152,7 @@ class FisherPenalty:
             gram_a = torch.bmm(a, a.mT)
             gram_b = torch.bmm(b.mT, b)
             if measure:
-                sq_norms.append(_grad_sq_norm(gram_a, gram_b, c))
+                sq_norms.append(_grad_sq_norm(gram_a, gram_b, c, None if every else (has_a, has_b)))
             # Scale the r × r Gram matrices, not the (out × r) / (r × in) products: same
             # result, two fewer passes over the adapter-sized tensors.
             grad_b = torch.bmm(b, gram_a.mul_(c))
@@ -149,6 +161,8 @@ class FisherPenalty:
             _accumulate(group.lora_B + group.lora_A, [*grad_b.unbind(0), *grad_a.unbind(0)])
         if not measure:
             return None
+        if not sq_norms:  # no factor had a gradient
+            return torch.zeros((), dtype=torch.float64, device=self.matrices[0].lora_A.device)
         device = sq_norms[0].device
         return torch.stack([v.to(device) for v in sq_norms]).sum()
 
@@ -181,23 +195,40 @@ class FisherPenalty:
         return total
 
 
-def _grad_sq_norm(gram_a: torch.Tensor, gram_b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Σ_n ‖c_n·B_n G_A,n‖² + ‖c_n·G_B,n A_n‖² from the (n, r, r) Gram matrices, float64."""
+def _takes_penalty(p: torch.Tensor) -> bool:
+    """Whether the optimizer updates `p` this step (AdamW's rule: it has a gradient)."""
+    return p.grad is not None and p.requires_grad
+
+
+def _grad_sq_norm(
+    gram_a: torch.Tensor,
+    gram_b: torch.Tensor,
+    c: torch.Tensor,
+    masks: tuple[list[bool], list[bool]] | None = None,
+) -> torch.Tensor:
+    """Σ_n ‖c_n·B_n G_A,n‖² + ‖c_n·G_B,n A_n‖² from the (n, r, r) Gram matrices, float64;
+    with `masks` (has A, has B per matrix) only the terms of penalised factors."""
     ga, gb = gram_a.to(torch.float64), gram_b.to(torch.float64)
-    per_matrix = (torch.bmm(ga, gb) * (ga + gb)).sum(dim=(1, 2))
+    product = torch.bmm(ga, gb)
+    if masks is None:
+        per_matrix = (product * (ga + gb)).sum(dim=(1, 2))
+    else:  # ‖∂P/∂B‖² = c² Σ (G_A G_B)∘G_A, ‖∂P/∂A‖² = c² Σ (G_A G_B)∘G_B
+        has_a = torch.tensor(masks[0], dtype=torch.float64, device=ga.device)
+        has_b = torch.tensor(masks[1], dtype=torch.float64, device=ga.device)
+        per_matrix = has_b * (product * ga).sum(dim=(1, 2)) + has_a * (product * gb).sum(dim=(1, 2))
     return (per_matrix * c.to(torch.float64).view(-1).square()).sum()
 
 
 def _accumulate(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-    with_grad = [p.grad for p in params if p.grad is not None]
-    if len(with_grad) == len(params):
-        torch._foreach_add_(with_grad, grads)
-        return
+    """p.grad += g for every p that takes the penalty (see `_takes_penalty`)."""
+    targets: list[torch.Tensor] = []
+    updates: list[torch.Tensor] = []
     for p, g in zip(params, grads):
-        if p.grad is None:
-            p.grad = g.clone()
-        else:
-            p.grad.add_(g)
+        if p.grad is not None and p.requires_grad:
+            targets.append(p.grad)
+            updates.append(g)
+    if targets:
+        torch._foreach_add_(targets, updates)
 
 
 # ------------------------------------------------------------------ FSDP2 (DTensor factors)
@@ -269,15 +300,9 @@ def _sharded_terms(
     return grad_a, grad_b, gram_a, gram_b
 
 
-def _accumulate_sharded(params: list[torch.Tensor], grads: torch.Tensor) -> None:
-    """p.grad += g on each rank's shard (a missing grad is created as a DTensor)."""
-    from torch.distributed.tensor import DTensor
-
-    for p, g in zip(params, grads.unbind(0)):
+def _accumulate_sharded(params: list[torch.Tensor], grads: torch.Tensor, takes: list[bool]) -> None:
+    """p.grad += g on each rank's shard, for the factors that take the penalty."""
+    for p, g, take in zip(params, grads.unbind(0), takes):
         d: Any = p
-        if d.grad is None:
-            d.grad = DTensor.from_local(
-                g.clone(), d.device_mesh, d.placements, shape=d.shape, stride=d.stride()
-            )
-        else:
+        if take:
             d.grad.to_local().add_(g)

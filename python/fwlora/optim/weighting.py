@@ -94,6 +94,9 @@ class FisherWeighting:
         self._adapter_row: torch.Tensor | None = None  # estimator="adapter": this step's ĝ
         self._decay_weights: list[float] = []
         self._grad_scaler: Any = None
+        # This step under a GradScaler with a fused optimizer (see `_amp_state`).
+        self._skipping = False
+        self._grad_scale: float | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._handles: list[Any] = []
         self._pending_load: tuple[dict, FisherCore] | None = None
@@ -315,20 +318,31 @@ class FisherWeighting:
             if fresh is not None:
                 self._adopt_matrices(fresh)
             self._checked_factors = True
+        self._skipping, self._grad_scale = _amp_state(self._optimizer)
+        if self._skipping:  # the optimizer will skip this step: so does FW-LoRA
+            return
         if self.options.estimator == "adapter" and self.core.observing:
             # Before the update: the gradients and the weights they belong to.
-            self._adapter_row = adapter_estimate(self.matrices)
+            self._adapter_row = adapter_estimate(self.matrices, self._grad_scale)
         scale = self.core.schedule_scale(self.step + 1)
         lam = self.core.lam
         if lam is None:  # lam="auto": calibrated at the first penalised step that allows it
             step, alpha, factors = self.step + 1, self.core.alpha, self._factors
             if not self.calibration.before_step(
-                self.core, self.penalty, factors, step, alpha, penalised=scale > 0.0
+                self.core,
+                self.penalty,
+                factors,
+                step,
+                alpha,
+                penalised=scale > 0.0,
+                grad_scale=self._grad_scale,
             ):
                 return
             lam = self.core.lam
         if scale == 0.0:
             return
+        if self._grad_scale is not None:  # the gradients are still scaled: so is ∇P
+            scale = scale * self._grad_scale
         if self.options.penalty == "decoupled":
             assert self._optimizer is not None
             scale_decoupled_decay(self._optimizer, self.matrices, self._decay_weights, scale)
@@ -346,7 +360,13 @@ class FisherWeighting:
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Counts the step in the core; while observing, records its statistics."""
+        """Counts the step in the core; while observing, records its statistics. A step the
+        optimizer skipped (GradScaler found an inf) is not counted and records nothing."""
+        if self._skipping:
+            self._skipping = False
+            self._adapter_row = None
+            self.statistics.drop_step()
+            return
         if not self.core.observing:  # rows never wait past a phase change (see flush)
             self.core.advance(1)
             return
@@ -376,6 +396,8 @@ class FisherWeighting:
                 row = torch.zeros(len(self.matrices), dtype=torch.float64, device=self._device)
             return row  # read off the optimizer's (already unscaled) gradients
         row = self.statistics.take_row(self._device)
+        if self._grad_scale is not None:  # fused under a GradScaler: scale known per step
+            return row / (self._grad_scale**2)
         scale = getattr(self._grad_scaler, "_scale", None)
         if scale is not None and self._grad_scaler.is_enabled():
             row = row / scale.to(row.device, torch.float64).square()
@@ -544,6 +566,21 @@ def _check_optimizer_fits(
             "but a param group holding them has weight_decay=0, so FW-LoRA would do nothing; "
             'set weight_decay > 0, or use penalty="coupled"'
         )
+
+
+def _amp_state(optimizer: torch.optim.Optimizer | None) -> tuple[bool, float | None]:
+    """(skipped, grad scale) of the step about to be taken. torch.amp.GradScaler.step calls a
+    fused optimizer's step() even after finding an inf, with `optimizer.found_inf` set (the
+    optimizer then skips its update) and `optimizer.grad_scale` set while the gradients are
+    still scaled (the optimizer unscales them itself). Other optimizers: (False, None), no
+    host sync; under a GradScaler one sync per step, as the scaler's own update costs."""
+    found = getattr(optimizer, "found_inf", None)
+    if not isinstance(found, torch.Tensor):
+        return False, None
+    if bool(found.item()):
+        return True, None
+    scale = getattr(optimizer, "grad_scale", None)
+    return False, float(scale.item()) if isinstance(scale, torch.Tensor) else None
 
 
 def _zero_step(optimizer: torch.optim.Optimizer | None, factors: Sequence[torch.Tensor]) -> bool:
