@@ -73,8 +73,8 @@ demo: build
 # Lint, as CI enforces it: ruff (rules + complexity ≤ 13, and formatting), rustfmt, clippy
 # with warnings as errors (both feature sets), mypy on python/fwlora (config in pyproject).
 lint: setup
-	$(VENV)/bin/ruff check python tests benches
-	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/ruff check python tests benches docs/study
+	$(VENV)/bin/ruff format --check python tests benches docs/study
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings

@@ -116,14 +116,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def check_cli(version: str, harness: bool) -> None:
     shown = run_cli("--version")
     assert shown.returncode == 0 and shown.stdout.strip() == f"fwlora {version}", shown
-    helped = run_cli("--help")
-    if harness:
-        assert helped.returncode == 0, helped.stderr[-2000:]
-        assert "demo" in helped.stdout and "train" in helped.stdout, helped.stdout
-    else:
-        assert helped.returncode == 2, (helped.returncode, helped.stderr[-2000:])
-        assert 'pip install "fwlora[harness]"' in helped.stderr, helped.stderr
-        assert "Traceback" not in helped.stderr, helped.stderr
+    helped = run_cli("--help")  # the list of commands and their extras, lean install too
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    assert "demo" in helped.stdout and "train" in helped.stdout, helped.stdout
+    assert "[harness]" in helped.stdout and "[all]" in helped.stdout, helped.stdout
+    if not harness:
+        demo = run_cli("demo", "-o", "never-written")
+        assert demo.returncode == 2, (demo.returncode, demo.stderr[-2000:])
+        assert 'pip install "fwlora[all]"' in demo.stderr, demo.stderr
+        assert "Traceback" not in demo.stderr, demo.stderr
 
 
 def main() -> int:

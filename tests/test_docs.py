@@ -63,3 +63,16 @@ def test_integrations_table_lists_every_logged_key():
     logged |= {"fwlora/importance/<module>"}
     rows = _table((ROOT / "docs" / "integrations.md").read_text(), "| key | value |")
     assert logged == set(rows)
+
+
+def test_architecture_names_every_module():
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    package = ROOT / "python" / "fwlora"
+    missing = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if f"`{path.name}`" not in text and path.name != "__init__.py"
+    ]
+    assert missing == []
+    rust = [p.name for p in (ROOT / "rust").rglob("*.rs") if p.name not in ("mod.rs",)]
+    assert [n for n in rust if n not in text] == []

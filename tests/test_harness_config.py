@@ -200,3 +200,18 @@ def test_lists_of_a_compare_are_validated():
     ):
         with pytest.raises(HarnessError, match=message):
             run_lists(defaults, bad)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text", "message"),
+    [
+        (".yaml", "lr: 0.001\nepochs: 2\nlr: 0.5\n", r"key 'lr' is given twice \(lines 1 and 3\)"),
+        (".json", '{"lr": 0.001, "lr": 0.5}', "key 'lr' is given twice"),
+        (".toml", "lr = 0.001\nlr = 0.5\n", "cannot parse"),
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it(tmp_path, suffix, text, message):
+    path = tmp_path / f"settings{suffix}"
+    path.write_text(text)
+    with pytest.raises(HarnessError, match=message):
+        read_config_file(path)

@@ -384,6 +384,12 @@ def test_resume_continues_a_run_killed_after_a_checkpoint(tiny, tmp_path, capsys
     assert not out.exists()  # the checkpoint is orphaned beside OUT
     (orphan,) = tmp_path.glob(".out.fwlora-*")
     saved = torch.load(orphan / "runs" / RUN / "checkpoint.pt", weights_only=False)["progress"]
+    # The same command without --resume says the killed run's work is there, and how to go on.
+    assert _train(tiny, out, epochs=12) == 2
+    err = capsys.readouterr().err
+    assert f"a killed run left its work (checkpoints) in {orphan.name}; pass --resume" in err
+    _one_line(err, "train")
+    assert not out.exists() and orphan.is_dir()
     assert _train(tiny, out, "--resume", epochs=12) == 0
     printed = capsys.readouterr().out
     assert f"resuming the run killed while writing {orphan.name} (moved to {out})" in printed
@@ -593,3 +599,16 @@ def test_a_plan_in_another_format_is_one_line(tiny, finished, tmp_path, capsys, 
     assert message in err
     _one_line(err, "train")
     assert _snapshot(old) == before
+
+
+def test_a_symlinked_output_is_refused_before_any_work(tiny, tmp_path, capsys):
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    assert _train(tiny, link) == 2
+    err = capsys.readouterr().err
+    assert "is a symbolic link" in err and str(target) in err
+    _one_line(err, "train")
+    assert link.is_symlink() and list(target.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

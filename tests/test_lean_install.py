@@ -125,9 +125,26 @@ def test_cli_names_the_missing_extra(tmp_path):
     )
     assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
     assert "Traceback" not in result.stderr
-    assert 'pip install "fwlora[harness]"' in result.stderr
+    assert 'fwlora demo needs `pip install "fwlora[all]"`' in result.stderr
     assert any(f"missing: {m}" in result.stderr for m in HARNESS_ONLY), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_help_and_version_need_neither_the_harness_nor_torch(tmp_path):
+    result = _run(
+        """
+        from fwlora.cli import main
+
+        codes = [main(["--help"]), main(["--version"])]
+        print("torch loaded:", "torch" in sys.modules)
+        print("blocked loaded:", [m for m in BLOCKED if sys.modules.get(m) is not None])
+        sys.exit(max(codes))
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch loaded: False" in result.stdout and "blocked loaded: []" in result.stdout
+    assert "targeting" in result.stdout and "[all]" in result.stdout
 
 
 def test_version_needs_no_harness(tmp_path):

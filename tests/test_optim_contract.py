@@ -167,3 +167,49 @@ def test_adamw_groups_skip_frozen_parameters():
     find_adapter_matrices(model)[0].lora_B.requires_grad_(False)
     ids = {id(p) for g in adamw_param_groups(model) for p in g["params"]}
     assert id(find_adapter_matrices(model)[0].lora_B) not in ids
+
+
+@pytest.mark.parametrize("copy_with", ["deepcopy", "pickle"])
+def test_copies_are_refused_with_the_way_that_works(copy_with):
+    import copy
+    import pickle
+
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, lr=1e-2, warmup=WARMUP, lam=1e-2)
+    _past_warmup(model, opt, batches(4))
+    before = opt.state_dict()
+    with pytest.raises(TypeError, match=r"cannot be pickled or deep-copied.*load_state_dict"):
+        copy.deepcopy(opt) if copy_with == "deepcopy" else pickle.dumps(opt)
+    # The original is untouched, and the supported route round-trips.
+    twin_model = copy.deepcopy(model)
+    twin = FisherAdamW(twin_model, lr=1e-2, warmup=WARMUP, lam=1e-2)
+    twin.load_state_dict(before)
+    assert twin.fisher == opt.fisher and twin.importance == opt.importance
+    assert twin.fisher_weighting.step == opt.fisher_weighting.step
+
+
+def test_complex_lora_factors_are_refused_naming_the_module():
+    model = tiny_lora_model()
+    matrix = find_adapter_matrices(model)[0]
+    matrix.lora_A.data = matrix.lora_A.data.to(torch.complex64)
+    with pytest.raises(ValueError, match=r"are complex; .*exclude="):
+        FisherAdamW(model, warmup=WARMUP)
+
+
+def test_a_lam_that_overflows_the_penalty_is_reported_once_with_its_value():
+    model = tiny_lora_model()
+    opt = FisherAdamW(model, lr=1e-2, warmup=WARMUP, lam=1e300)
+    data = batches(6)
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"λ=1e\+300",
+    ):
+        _past_warmup(model, opt, data)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not again
+        for batch in data[WARMUP + 1 :]:
+            opt.zero_grad()
+            loss_of(model, batch).backward()
+            opt.step()

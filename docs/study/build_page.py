@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import study  # noqa: E402  (beside this file)
+import study
 
 PLANNED_SEEDS = 10
 ARM_TEXT = {
@@ -333,7 +333,9 @@ def build(site: Path) -> Path:
     )
     body += tables(n)
     for name, caption in figures:
-        body += f'<figure><img src="images/{name}" alt="{escape(caption)}"><figcaption>{escape(caption)}</figcaption></figure>'
+        text = escape(caption)
+        body += f'<figure><img src="images/{name}" alt="{text}"><figcaption>{text}</figcaption>'
+        body += "</figure>"
     body += f"<h2>Reproduce</h2><pre>{escape(COMMANDS)}</pre>"
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>FW-LoRA study</title>"

@@ -1,4 +1,4 @@
-"""`fwlora`: train / compare / sweep / report / demo — a thin shell over fwlora.harness.
+"""`fwlora`: the harness's commands (COMMAND_HELP) — a thin shell over fwlora.harness.
 
 Every flag arrives as text and is validated, with the config file's settings, by the
 harness's one schema (`fwlora.harness.config`). Every user error (and a machine's: a full
@@ -56,9 +56,14 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         parsed, extra = self.parse_known_args(args, namespace)
+        where = self.commands.get(getattr(parsed, "command", ""), self)
         if extra:
-            where = self.commands.get(getattr(parsed, "command", ""), self)
             where.error(f"unrecognized arguments: {' '.join(extra)}")
+        # An empty value (--rank-by "") would otherwise read as "not given": the default.
+        for name, value in vars(parsed).items():
+            if isinstance(value, str) and not value.strip():
+                flag = "--" + name.replace("_", "-")
+                where.error(f"argument {flag}: expected a value, got an empty one")
         return parsed
 
 
@@ -157,15 +162,63 @@ def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str
 
 
 def _version_line() -> str:
-    from fwlora import __version__
+    """From the installed distribution's metadata (no import of the package's torch side)."""
+    from importlib import metadata
 
-    return f"fwlora {__version__}"
+    try:
+        return f"fwlora {metadata.version('fwlora')}"
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        from fwlora._core import __version__
+
+        return f"fwlora {__version__}"
+
+
+# Every command: its one line of help and the extra whose dependencies it needs. The top-level
+# --help is printed from this table without importing the harness (or torch), so a lean
+# install (`pip install fwlora`) sees every command and what to install for it.
+COMMAND_HELP = {
+    "train": ("one run (one method, one seed)", "harness"),
+    "compare": ("methods × seeds with identical settings", "harness"),
+    "sweep": ("methods × λ × normalisation × seeds (fw-lora vs its l2-lora control)", "harness"),
+    "ablation": ("the paper's FW-LoRA ablations: K, λ, no Fisher term", "harness"),
+    "merge": ("several finished experiments as one (e.g. a sweep split by seeds)", "harness"),
+    "targeting": (
+        "the premise test: LoRA on the TOP-k matrices by F_m against matched controls",
+        "harness",
+    ),
+    "report": ("static results page (index.html + images/)", "harness"),
+    "demo": ("offline LoRA vs FW-LoRA on drug reviews (≈ minutes)", "all"),
+}
+DESCRIPTION = "Fisher-Weighted LoRA experiments: runs, artefacts, figures and a report."
+
+
+def top_level_help() -> str:
+    """`fwlora --help`, from COMMAND_HELP alone."""
+    width = max(map(len, COMMAND_HELP))
+    lines = [
+        "usage: fwlora [-h] [--version] COMMAND ...",
+        "",
+        DESCRIPTION,
+        "",
+        'commands (each needs its extra: pip install "fwlora[EXTRA]"):',
+    ]
+    for name, (text, extra) in COMMAND_HELP.items():
+        lines.append(f"  {name.ljust(width)}  {text} [{extra}]")
+    lines += [
+        "",
+        "options:",
+        "  -h, --help  show this help message and exit",
+        "  --version   print the version and exit",
+        "",
+        "fwlora COMMAND --help: the command's options.",
+    ]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fwlora",
-        description="Fisher-Weighted LoRA experiments: runs, artefacts, figures and a report.",
+        description=DESCRIPTION,
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -177,11 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         parser.commands[name] = sub.add_parser(name, allow_abbrev=False, **kwargs)
         return parser.commands[name]
 
-    train = command("train", help="one run (one method, one seed)")
+    train = command("train", help=COMMAND_HELP["train"][0])
     _add_output_options(train, "fwlora-train")
     _add_run_options(train)
 
-    compare = command("compare", help="methods × seeds with identical settings")
+    compare = command("compare", help=COMMAND_HELP["compare"][0])
     _add_output_options(compare, "fwlora-compare")
     compare.add_argument("--methods", help="comma-separated (default: lora,fw-lora,adalora)")
     compare.add_argument("--seeds", help="comma-separated (default: 42,43,44)")
@@ -190,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = command(
         "sweep",
-        help="methods × λ × normalisation × seeds (fw-lora vs its l2-lora control)",
+        help=COMMAND_HELP["sweep"][0],
         description="Runs every method at every λ (fw-lora also at every normalisation) for "
         "every seed, then draws sweep_lambda_curve and tests fw-lora against l2-lora at each "
         "λ. Labels: lora, fw-lora-sum-lam0.01, l2-lora-lam0.01. --resume skips finished runs.",
@@ -211,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_margin_option(sweep)
     _add_run_options(sweep, skip=SWEEP_AXES)
 
-    ablation = command("ablation", help="the paper's FW-LoRA ablations: K, λ, no Fisher term")
+    ablation = command("ablation", help=COMMAND_HELP["ablation"][0])
     _add_output_options(ablation, "fwlora-ablation")
     ablation.add_argument("--seeds", help="comma-separated (default: 42)")
     ablation.add_argument("--ks", help="comma-separated K (default: 300,500,800)")
@@ -220,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     merge = command(
         "merge",
-        help="several finished experiments as one (e.g. a sweep split by seeds)",
+        help=COMMAND_HELP["merge"][0],
         description="Copies the runs of each EXPERIMENT_DIR (without checkpoints) into one "
         "experiment folder and writes its artefacts, λ-sweep tests and figures anew. Only "
         "the seed may differ between runs of the same method/variant.",
@@ -234,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     targeting = command(
         "targeting",
-        help="the premise test: LoRA on the TOP-k matrices by F_m against matched controls",
+        help=COMMAND_HELP["targeting"][0],
         description="Per seed: a K-step FW-LoRA warm-up ranks the adapted matrices by F_m "
         "(or F_m/(in·out)); one model adapts every matrix and, arm by arm, trains only k of "
         "them (the rest frozen at zero): the k highest (TOP), k random ones with TOP's LoRA "
@@ -256,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         targeting, skip=("method", "seed", "variant", "fisher_lam", "fisher_normalization")
     )
 
-    report = command("report", help="static results page (index.html + images/)")
+    report = command("report", help=COMMAND_HELP["report"][0])
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="experiment directories")
     report.add_argument("-o", "--output", help="a folder (default: RUN_DIR/report, first RUN_DIR)")
     report.add_argument("--title", help="page title (default: from the runs)")
@@ -266,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write into a folder holding files fwlora report did not write",
     )
 
-    demo = command("demo", help="offline LoRA vs FW-LoRA on drug reviews (≈ minutes)")
+    demo = command("demo", help=COMMAND_HELP["demo"][0])
     _add_output_options(demo, "fwlora-demo")
     demo.add_argument("--seeds", help="comma-separated (default: 42)")
     demo.add_argument("--epochs", help="default: 3")
@@ -513,14 +566,16 @@ COMMANDS = {
 }
 
 
-def _missing_extra(exc: ModuleNotFoundError) -> int:
-    """Exit status 2 with the install line when a harness dependency is missing; re-raise
-    otherwise."""
+def _missing_extra(exc: ModuleNotFoundError, command: str | None = None) -> int:
+    """Exit status 2 with the install line of `command`'s extra when one of its dependencies
+    is missing; re-raise otherwise."""
     root = (exc.name or "").split(".")[0]
     if root not in _HARNESS_MODULES:
         raise exc
+    extra = COMMAND_HELP.get(command or "", ("", "harness"))[1]
+    who = f"fwlora {command}" if command in COMMAND_HELP else "the fwlora commands"
     print(
-        f'fwlora: the harness needs `pip install "fwlora[harness]"` (missing: {root})',
+        f'{who} needs `pip install "fwlora[{extra}]"` (missing: {root})',
         file=sys.stderr,
     )
     return 2
@@ -548,15 +603,20 @@ def _sigterm_as_interrupt(received: list[int]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv == ["--version"]:  # answered without the harness, so a lean install has it too
+    # Answered without the harness (or torch): a lean install has them too, at once.
+    if argv == ["--version"]:
         print(_version_line())
         return 0
+    if argv in ([], ["-h"], ["--help"]):
+        print(top_level_help(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    command = next((a for a in argv if a in COMMAND_HELP), None)
     try:
         from fwlora.harness.errors import HarnessError, Interrupted
 
         parser = build_parser()
     except ModuleNotFoundError as exc:
-        return _missing_extra(exc)
+        return _missing_extra(exc, command)
     argv = _join_negative_numbers(parser, argv)
     try:
         args = parser.parse_args(argv)
@@ -568,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_as_interrupt(received):
             COMMANDS[args.command](args)
     except ModuleNotFoundError as exc:
-        return _missing_extra(exc)
+        return _missing_extra(exc, args.command)
     except HarnessError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 2

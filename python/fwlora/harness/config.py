@@ -257,12 +257,27 @@ ListOf = Annotated[list[Item], BeforeValidator(_name_list), Field(min_length=1)]
 Seeds = ListOf[Annotated[Int, Field(ge=0, le=2**32 - 1)]]
 
 
+def _distinct(**lists: list[Any]) -> None:
+    """A value given twice in a list is refused by name (before any work: it would run the
+    same runs twice)."""
+    for key, values in lists.items():
+        twice = [v for i, v in enumerate(values) if v in values[:i]]
+        if twice:
+            text = f"{key}: {twice[0]!r} is given twice; give distinct values"
+            raise PydanticCustomError("distinct", "{text}", {"text": text})
+
+
 @dataclass(config=SCHEMA)
 class RunLists:
     """The lists of a multi-run command (`compare`): methods × seeds."""
 
     methods: ListOf[Annotated[str, one_of(METHODS)]]
     seeds: Seeds
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> RunLists:
+        _distinct(methods=self.methods, seeds=self.seeds)
+        return self
 
 
 @dataclass(config=SCHEMA)
@@ -273,6 +288,11 @@ class AblationLists:
     seeds: Seeds
     ks: ListOf[Annotated[Int, Field(ge=1)]]
     lams: ListOf[Annotated[Float, Field(ge=0.0)]]
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> AblationLists:
+        _distinct(seeds=self.seeds, ks=self.ks, lams=self.lams)
+        return self
 
 
 def _layered(schema: type[T], layers: tuple[dict[str, Any] | None, ...]) -> T:
@@ -370,6 +390,8 @@ def _describe(schema: type, error: Any) -> str:
     key, given = _key(error["loc"]), error.get("input")
     if kind == "trainable_modules":
         return f"trainable_modules: {ctx['text']}"
+    if kind == "distinct":
+        return str(ctx["text"])
     if kind == "fisher_option":
         match = re.match(r"invalid `(\w+)`: (.*)", ctx["text"], re.S)
         return f"fisher_{match[1]}: {match[2]}" if match else f"FW-LoRA options: {ctx['text']}"
@@ -421,20 +443,47 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix in {".yaml", ".yml"}:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
         elif suffix == ".toml":
-            data = tomllib.loads(text)
+            data = tomllib.loads(text)  # TOML itself refuses a key given twice
         elif suffix == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_json_keys)
         else:
             raise HarnessError(
                 f"config file {path}: unknown format {suffix!r}; use .yaml, .yml, .toml or .json"
             )
-    except (yaml.YAMLError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+    except (yaml.YAMLError, tomllib.TOMLDecodeError, ValueError) as exc:
         raise HarnessError(f"config file {path}: cannot parse: {_parse_error(exc)}") from None
     if not isinstance(data, dict):
         raise HarnessError(f"config file {path}: expected a mapping of settings")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a mapping key given twice (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"key {twice[0]!r} is given twice; keep one")
+    return dict(pairs)
 
 
 def _parse_error(exc: Exception) -> str:

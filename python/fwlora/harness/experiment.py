@@ -263,19 +263,81 @@ def _moved(exp: Experiment, old: Path, new: Path) -> Experiment:
     )
 
 
+# The fields of a finished run's metrics that the commands reading it back rely on, and their
+# types: a file of another shape is refused by name rather than failing deep in a command.
+RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run": str,
+    "label": str,
+    "method": str,
+    "task": str,
+    "seed": int,
+    "config": dict,
+    "adapters": dict,
+    "epochs": list,
+    "final_eval_acc": (int, float),
+    "best_eval_acc": (int, float),
+    "runtime_sec": (int, float),
+}
+
+
+def check_run_metrics(run: Any) -> dict[str, Any]:
+    """`run` if it has a finished run's shape; ValueError naming the first field that is off."""
+    if not isinstance(run, dict):
+        raise ValueError(f"expected a JSON object, got {type(run).__name__}")
+    if run.get("status") != "complete":
+        return run
+    for key, kind in RUN_FIELDS.items():
+        value = run.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"field {key!r} is {value!r}, not of its type")
+    if not run["epochs"] or not all(isinstance(h, dict) for h in run["epochs"]):
+        raise ValueError("field 'epochs' holds no epoch records")
+    return run
+
+
 def _finished_run(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "metrics.json"
     if not path.is_file():
         return None
     fix = f"delete the run folder {run_dir} to train that run again"
-    metrics = read_saved(path, lambda p: dict(json.loads(p.read_text())), fix)
+    metrics = read_saved(path, lambda p: check_run_metrics(json.loads(p.read_text())), fix)
     return metrics if metrics.get("status") == "complete" else None
 
 
-def _artefact(path: Path) -> Any:
-    return read_saved(
-        path, lambda p: json.loads(p.read_text()), "write it again with --resume (same settings)"
-    )
+def _artefact(path: Path, check: Any = None) -> Any:
+    def parse(p: Path) -> Any:
+        doc = json.loads(p.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+        return check(doc) if check is not None else doc
+
+    return read_saved(path, parse, "write it again with --resume (same settings)")
+
+
+def _metrics_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    runs = doc.get("runs")
+    if not isinstance(runs, dict):
+        raise ValueError("expected 'runs': an object of run metrics")
+    return [check_run_metrics(run) for run in runs.values()]
+
+
+def _aggregated(doc: dict[str, Any]) -> dict[str, Any]:
+    groups = doc.get("groups")
+    if not isinstance(groups, dict) or not all(
+        isinstance(g, dict)
+        and isinstance(g.get("metrics"), dict)
+        and isinstance(g.get("seeds"), list)
+        for g in groups.values()
+    ):
+        raise ValueError("expected 'groups': per label an object with seeds and metrics")
+    return doc
+
+
+def _significance(doc: dict[str, Any]) -> dict[str, Any]:
+    comparisons = doc.get("comparisons")
+    if not isinstance(comparisons, list) or not all(isinstance(c, dict) for c in comparisons):
+        raise ValueError("expected 'comparisons': a list of objects")
+    return doc
 
 
 def write_experiment(
@@ -305,7 +367,7 @@ def load_experiment(out_dir: Path) -> Experiment:
             f"{out_dir}: not a finished experiment directory (missing {', '.join(missing)}); "
             "give directories written by `fwlora train`, `compare`, `sweep` or `demo`"
         )
-    runs = list(_artefact(out_dir / "metrics.json")["runs"].values())
+    runs = _artefact(out_dir / "metrics.json", _metrics_runs)
     run_dirs = {}
     for slot in sorted((out_dir / "runs").glob("*")):
         m = _finished_run(slot)
@@ -315,8 +377,8 @@ def load_experiment(out_dir: Path) -> Experiment:
         out_dir,
         runs,
         run_dirs,
-        _artefact(out_dir / "aggregated_metrics.json"),
-        _artefact(out_dir / "significance_tests.json"),
+        _artefact(out_dir / "aggregated_metrics.json", _aggregated),
+        _artefact(out_dir / "significance_tests.json", _significance),
         sorted((out_dir / "figures").glob("*")),
     )
 

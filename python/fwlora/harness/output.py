@@ -120,6 +120,13 @@ def check_output(out_dir: Path, overwrite: bool, resume: bool) -> None:
     if overwrite and resume:
         raise HarnessError("--overwrite and --resume exclude each other")
     _refuse_unnamed(out_dir)
+    if out_dir.is_symlink():
+        # The experiment is written beside the output and moved into place (see Staging),
+        # which would replace the link itself: refused before any work, naming its target.
+        raise HarnessError(
+            f"output {out_dir}: is a symbolic link (to {os.readlink(out_dir)}); give the "
+            "folder it points to as --output"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise HarnessError(
             f"output {out_dir}: exists and is not a directory; choose another --output"
@@ -141,6 +148,14 @@ def check_output(out_dir: Path, overwrite: bool, resume: bool) -> None:
         )
     if resume:
         _check_resume(out_dir, used)
+    else:
+        left = orphans(out_dir)
+        if left:  # a run killed (SIGKILL) while writing: starting over would strand its work
+            names = ", ".join(p.name for p in left)
+            raise HarnessError(
+                f"output {out_dir}: a killed run left its work (checkpoints) in {names}; pass "
+                f"--resume to continue it, or delete {names} to start afresh"
+            )
     if used and not (overwrite or resume):
         raise HarnessError(
             f"output {out_dir}: already exists and is not empty; pass --overwrite to replace it, "

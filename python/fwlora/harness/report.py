@@ -10,8 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from fwlora.harness import stats
 from fwlora.harness.artefacts import group_runs
-from fwlora.harness.errors import HarnessError
+from fwlora.harness.errors import HarnessError, read_saved
 from fwlora.harness.experiment import Experiment, load_experiment
 from fwlora.harness.metrics import primary_metric
 from fwlora.harness.output import MARKER
@@ -203,9 +204,23 @@ def _significance_items(exp: Experiment) -> list[str]:
     return items
 
 
+def _saved_doc(path: Path) -> dict | None:
+    """A JSON document fwlora wrote beside the experiment (None: absent); damaged or foreign
+    content is one HarnessError line naming the file."""
+    if not path.is_file():
+        return None
+
+    def parse(p: Path) -> dict:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+        return doc
+
+    return read_saved(path, parse, "write it again with the command that made it (--resume)")
+
+
 def _sweep_doc(exp: Experiment) -> dict | None:
-    path = exp.out_dir / SWEEP_TESTS
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return _saved_doc(exp.out_dir / SWEEP_TESTS)
 
 
 def _sweep_figure(exp: Experiment, figures: _Figures) -> list[str]:
@@ -226,10 +241,17 @@ def _sweep_figure(exp: Experiment, figures: _Figures) -> list[str]:
 
 
 def _sweep_items(exp: Experiment) -> list[str]:
-    """fw-lora vs the l2-lora control at each λ (sweep_tests.json)."""
+    """fw-lora vs the l2-lora control at each λ (sweep_tests.json); a file of the wrong
+    shape is one HarnessError line naming it."""
     doc = _sweep_doc(exp)
     if doc is None:
         return []
+    return read_saved(
+        exp.out_dir / SWEEP_TESTS, lambda _: _sweep_lines(doc), "write it again with --resume"
+    )
+
+
+def _sweep_lines(doc: dict) -> list[str]:
     items = []
     for test in doc["fw_vs_l2"]:
         across = test["across_seeds"] or {}
@@ -241,6 +263,9 @@ def _sweep_items(exp: Experiment) -> list[str]:
             f"{'n/a' if not t else format(t['p_value'], '.3g')}; Wilcoxon p = "
             f"{'n/a' if not w else format(w['p_value'], '.3g')}"
         )
+        paired = (test.get("paired") or {}).get("acc")
+        if paired:
+            text += f"; Δ {stats.comparison_text(paired)}"
         if pooled:
             text += (
                 f"; McNemar pooled over seeds b = {pooled['b']}, c = {pooled['c']}, "
@@ -255,10 +280,11 @@ def _sweep_items(exp: Experiment) -> list[str]:
 def _targeting_section(exp: Experiment, figures: _Figures, heading: str) -> str:
     """The premise test (`fwlora targeting`): its summary and figure, if this is one."""
     path = exp.out_dir / TARGETING_FILE
-    if not path.is_file():
+    doc = _saved_doc(path)
+    if doc is None:
         return ""
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    lines = "".join(f"<li>{escape(line.strip())}</li>" for line in summary_lines(doc))
+    summary = read_saved(path, lambda _: summary_lines(doc), "write it again with --resume")
+    lines = "".join(f"<li>{escape(line.strip())}</li>" for line in summary)
     figure = figures.figure(
         exp.out_dir / "figures" / f"{FIGURE_STEM}.png",
         f"Held-out accuracy (final epoch) of LoRA training only the TOP-{doc['k']} matrices "
@@ -270,8 +296,8 @@ def _targeting_section(exp: Experiment, figures: _Figures, heading: str) -> str:
         f"<section><h2>Premise test{escape(heading)}</h2>"
         "<p>Do the warm-up Fisher scores say where LoRA capacity matters, beyond module type "
         "and layer? TOP minus each control, paired over seeds: mean difference [95 % CI], "
-        f"equivalence test (TOST) against ±{doc['equivalence_margin']:g} and the verdict after "
-        f"Holm.</p><ul>{lines}</ul>{figure}</section>"
+        f"equivalence test (TOST) against ±{doc.get('equivalence_margin', 0.01):g} and the "
+        f"verdict after Holm.</p><ul>{lines}</ul>{figure}</section>"
     )
 
 

@@ -593,7 +593,10 @@ def targeting_figure(doc: dict[str, Any], out_dir: Path) -> list[Path]:
 
 
 def summary_lines(doc: dict[str, Any]) -> list[str]:
-    """Plain-text summary of targeting.json (for the terminal and the report)."""
+    """Plain-text summary of targeting.json (for the terminal and the report); a document
+    of the first format (TOP, RANDOM, BOTTOM as separate models) is summarised as it was."""
+    if doc.get("schema") == "fwlora.targeting/1":
+        return _summary_lines_v1(doc)
     lines = []
     for ranking, section in doc["rankings"].items():
         arms = section["arms"]
@@ -615,6 +618,33 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         kinds = ", ".join(f"{k} × {v}" for k, v in section["top_where"]["type"].items())
         layers = ", ".join(f"{k}: {v}" for k, v in section["top_where"]["layer"].items())
         lines.append(f"  TOP-{doc['k']} (first seed): {kinds}; by layer {layers}")
+    return lines
+
+
+def _summary_lines_v1(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    for ranking, section in doc["rankings"].items():
+        acc = section["accuracy"]
+        means = ", ".join(
+            f"{w.upper()} {acc[w]['mean']:.4f}" for w in acc if acc[w]["mean"] is not None
+        )
+        lines.append(
+            f"ranked by {ranking}, k = {doc['k']} of {doc['adaptable_matrices']}, "
+            f"{len(section['seeds_complete'])} seeds: {means} (written by an earlier fwlora: "
+            "separate models per set)"
+        )
+        for key, name in (
+            ("top_minus_random", "TOP − RANDOM"),
+            ("top_minus_bottom", "TOP − BOTTOM"),
+        ):
+            test = section.get(key)
+            if test:
+                t, w = test["paired_t"], test["wilcoxon"]
+                lines.append(
+                    f"  {name}: {test['mean_difference']:+.4f}; paired t p = "
+                    f"{'n/a' if not t else format(t['p_value'], '.3g')}; Wilcoxon p = "
+                    f"{'n/a' if not w else format(w['p_value'], '.3g')}"
+                )
     return lines
 
 

@@ -237,6 +237,17 @@ class FisherAdamW(torch.optim.AdamW):
     def use_grad_scaler(self, scaler: Any) -> None:
         self.fisher_weighting.use_grad_scaler(scaler)
 
+    # Copies ------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's Optimizer.__getstate__ keeps defaults, state and param_groups only: a copy
+        # would lose FW-LoRA (its hooks on the model's modules, its Rust core) and fail at its
+        # first zero_grad(). Refused here, at the copy, with the way that works.
+        raise TypeError(
+            "FisherAdamW cannot be pickled or deep-copied: its FW-LoRA state is bound to the "
+            "model's LoRA modules. Save optimizer.state_dict() (torch.save) and load it into a "
+            "FisherAdamW built over the (copied) model with load_state_dict()"
+        )
+
     # State -------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return with_entry(super().state_dict(), self.fisher_weighting.state_dict())

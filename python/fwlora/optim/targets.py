@@ -340,3 +340,10 @@ def check_trainable(matrices: list[AdapterMatrix]) -> None:
             "inference_mode=False)), or call requires_grad_(True) on the factors; leave "
             "modules meant to stay frozen out with exclude=[...]"
         )
+    complex_ = [m.name for m in matrices if m.lora_A.is_complex() or m.lora_B.is_complex()]
+    if complex_:
+        raise ValueError(
+            f"model: the LoRA factors of {', '.join(complex_[:3])} are complex; FW-LoRA's "
+            "penalty ‖ΔW‖² and statistic ‖∂L/∂W‖² are defined for real weights. Leave these "
+            "modules out with exclude=[...]"
+        )

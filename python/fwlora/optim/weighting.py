@@ -101,6 +101,7 @@ class FisherWeighting:
         self._handles: list[Any] = []
         self._pending_load: tuple[dict, FisherCore] | None = None
         self._checked_factors = False
+        self._warned_overflow = False
         check_sharding(self.matrices)
         self._check_estimator()
 
@@ -356,6 +357,8 @@ class FisherWeighting:
             task_sq = self.strength.grad_sq_norm(self._factors)  # before the penalty joins
             penalty_sq = self.penalty.add_gradients(scale, measure=True)
             assert penalty_sq is not None
+            if step == self.options.warmup + 1:
+                self._check_first_penalty(penalty_sq)
             self.strength.record(penalty_sq, task_sq, step)
 
     @torch.no_grad()
@@ -482,6 +485,43 @@ class FisherWeighting:
         if factors is not None:
             self.penalty.set_factors(factors)
             self._decay_weights = (1.0 - np.asarray(self.core.importance)).tolist()
+            self._warn_overflow(factors)
+
+    def _check_first_penalty(self, penalty_sq: torch.Tensor) -> None:
+        """Once, at the first penalised step (one host sync): a penalty gradient whose norm
+        is not finite (λ too large for the weights' dtype: AdamW then divides inf by inf, or
+        stops the factors) is reported with the λ in effect."""
+        if self._warned_overflow or bool(torch.isfinite(penalty_sq)):
+            return
+        self._warned_overflow = True
+        warnings.warn(
+            f"FW-LoRA: at λ={self.core.lam:g} the penalty's gradient is not finite at the first "
+            "penalised step: the LoRA updates will be non-finite (or stop). Lower lam (or use "
+            'lam="auto")',
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _warn_overflow(self, factors: Any) -> None:
+        """Once: a λ so large that a penalty coefficient 2·λ·(1 − I_m)·s² is not finite in
+        the factors' dtype makes every penalised update non-finite."""
+        if self._warned_overflow or self.options.penalty == "decoupled":
+            return
+        bad = []
+        for m, f in zip(self.matrices, np.asarray(factors, dtype=np.float64)):
+            top = float(torch.finfo(m.lora_A.dtype).max)
+            if not np.isfinite(2.0 * f * m.scaling**2) or 2.0 * f * m.scaling**2 > top:
+                bad.append(m.name)
+        if bad:
+            self._warned_overflow = True
+            warnings.warn(
+                f"FW-LoRA: λ={self.core.lam:g} makes the penalty's coefficient overflow "
+                f"{self.matrices[0].lora_A.dtype} for {len(bad)} of {len(self.matrices)} LoRA "
+                f"matrices ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): every "
+                'penalised update will be non-finite. Lower lam (or use lam="auto")',
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
