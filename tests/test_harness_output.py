@@ -558,7 +558,9 @@ def test_resume_accepts_an_experiment_written_before_a_setting_existed(
     as_written_before_evaluate(old)
     before = _snapshot(old)
     assert _train(tiny, old, "--resume", epochs=1, evaluate="final") == 2
-    assert "--resume needs the same settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume needs the same settings" in err
+    assert "evaluate: 'every-epoch' then, 'final' now" in err  # the setting that differs
     assert _snapshot(old) == before
     assert _train(tiny, old, "--resume", epochs=1) == 0  # the finished run is kept
     assert json.loads((old / f"runs/{RUN}/metrics.json").read_text()) == json.loads(

@@ -217,8 +217,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
     )
 
 
-def _refuse_one_class(task: str, names: list[str], cfg: RunConfig) -> None:
+def _refuse_one_class(task: str, names: list[str], cfg: RunConfig, rows: str = "") -> None:
     hint = " (raise --max-train-samples)" if cfg.max_train_samples else ""
+    if not names:
+        raise HarnessError(
+            f"task {task}: the training split holds no rows{rows}; give data with at least "
+            "two labelled rows of each of two classes"
+        )
     raise HarnessError(
         f"task {task}: the training labels hold one class ({', '.join(map(repr, names))}); "
         f"a classifier needs at least two{hint}"
@@ -300,11 +305,14 @@ def _load_files(cfg: RunConfig) -> TaskData:
         n_eval = max(1, round(cfg.eval_fraction * len(train_df)))
         eval_df = train_df.iloc[order[:n_eval]]
         train_df = train_df.iloc[order[n_eval:]]
+    rows = f" ({cfg.train_file} has {len(train_df) + (0 if cfg.eval_file else len(eval_df))} "
+    rows += "data rows" + ("" if cfg.eval_file else f", {len(eval_df)} held out for evaluation")
+    rows += ")"
     train_df = train_df.iloc[: cfg.max_train_samples]
     eval_df = eval_df.iloc[: cfg.max_eval_samples]
     label_names = _sorted_names(set(train_df[cfg.label_column]))
     if len(label_names) < 2:
-        _refuse_one_class(Path(cfg.train_file).stem, label_names, cfg)
+        _refuse_one_class(Path(cfg.train_file).stem, label_names, cfg, rows)
     mapping = {name: i for i, name in enumerate(label_names)}
     unseen = eval_df.index[~eval_df[cfg.label_column].isin(mapping)]
     if len(unseen):

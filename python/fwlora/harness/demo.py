@@ -10,6 +10,7 @@ from fwlora.harness.data import drugreview_zip
 from fwlora.harness.demodata import fetch_drugreview
 from fwlora.harness.errors import HarnessError
 from fwlora.harness.experiment import Experiment, plan_compare, run_experiment
+from fwlora.harness.output import check_output
 from fwlora.harness.progress import say
 
 # The paper's recipe, scaled to 546 training reviews on a 2-core CPU: 48-token inputs that
@@ -46,6 +47,8 @@ def run_demo(
 ) -> Experiment:
     base = demo_config(overrides)
     configs = plan_compare(base, DEMO_METHODS, seeds or [base.seed])
+    # Every check of the output folder before any download (run_experiment checks it again).
+    check_output(Path(output), overwrite, resume)
     ensure_demo_data(quiet=base.quiet)
     return run_experiment(configs, output, overwrite=overwrite, resume=resume)
 

@@ -149,15 +149,33 @@ def _read_plan(path: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def _plan_difference(saved: list[dict[str, Any]], given: list[dict[str, Any]]) -> str:
+    """Which settings differ between a saved plan and the one given, in words."""
+    if len(saved) != len(given):
+        return f"{len(saved)} runs were planned, {len(given)} are given now"
+    differ: dict[str, tuple[Any, Any]] = {}
+    for old, new in zip(saved, given):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key) and key not in differ:
+                differ[key] = (old.get(key), new.get(key))
+    if not differ:
+        return "the runs are in another order"
+    shown = [f"{k}: {a!r} then, {b!r} now" for k, (a, b) in list(differ.items())[:4]]
+    more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+    return "; ".join(shown) + more
+
+
 def _check_plan(out_dir: Path, configs: list[RunConfig], resume: bool) -> None:
     plan = [result_settings(c) for c in configs]
     path = out_dir / PLAN_FILE
     if resume and path.is_file():
         fix = "restore it, or delete it to continue with the settings given now"
-        if read_saved(path, _read_plan, fix) != plan:
+        saved = read_saved(path, _read_plan, fix)
+        if saved != plan:
             raise HarnessError(
                 f"output {out_dir}: --resume needs the same settings as the interrupted "
-                f"experiment (see {path}); use --overwrite or another --output to start afresh"
+                f"experiment ({_plan_difference(saved, plan)}; see {path}); use --overwrite or "
+                "another --output to start afresh"
             )
     path.write_text(plan_text(plan))
 
