@@ -75,6 +75,7 @@ demo: build
 lint: setup
 	$(VENV)/bin/ruff check python tests benches docs/study
 	$(VENV)/bin/ruff format --check python tests benches docs/study
+	$(VENV)/bin/lint-imports --no-cache
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fwlora.harness.config import build_config
-from fwlora.harness.train import _setup
+from fwlora.harness.train import batch_order, setup_run
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benches" / "results"
@@ -103,7 +103,7 @@ def calibrate_once(seed: int, rank: int) -> dict[str, float]:
     """Trains to step K + 1 exactly as the harness does; the λ of both task scales."""
     cfg = build_config(settings(seed=seed, rank=rank))
     torch.set_num_threads(1)
-    run = _setup(cfg, RUNS / f"spread-r{rank}-s{seed}", None)
+    run = setup_run(cfg, RUNS / f"spread-r{rank}-s{seed}", None)
     opt = run.optimizer
     factors = opt.fisher_weighting._factors
     task_sq: list[float] = []
@@ -112,7 +112,7 @@ def calibrate_once(seed: int, rank: int) -> dict[str, float]:
         task_sq.append(sum(float(p.grad.double().square().sum()) for p in factors))
 
     opt.register_step_pre_hook(record)
-    order = np.random.default_rng(cfg.seed * 1009 + 1).permutation(len(run.train_data))
+    order = batch_order(cfg.seed, 1, len(run.train_data))
     run.model.train()
     for i in range(K + 1):
         index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
@@ -155,7 +155,7 @@ def train_ratios(cfg: Any, run_dir: Path) -> tuple[float | None, list[float]]:
     evaluation passes: (calibrated λ, ‖∇P‖/‖∇L_task‖ of every penalised step). Resumable:
     a checkpoint after each epoch (trainable weights, optimizer, schedule, ratios so far)."""
     torch.set_num_threads(1)
-    run = _setup(cfg, run_dir, None)
+    run = setup_run(cfg, run_dir, None)
     checkpoint = run_dir / "epoch.pt"
     done, ratios = 0, []
     if checkpoint.exists():

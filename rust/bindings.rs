@@ -419,6 +419,8 @@ impl FisherCore {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // The core's limits, defined once in rust/core/config.rs and read by Python.
+    m.add("MAX_TARGET_RATIO", crate::core::config::MAX_TARGET_RATIO)?;
     let error = m.py().get_type::<FisherCoreError>();
     // Recorded as `_core.FisherCoreError` by the macro; pickling needs the importable path.
     error.setattr("__module__", "fwlora._core")?;

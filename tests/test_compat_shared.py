@@ -23,7 +23,7 @@ from compat_models import (
 from fwlora import FisherAdamW, find_adapter_matrices
 
 
-def accumulated_reference_sq_norms(model, passes) -> dict[str, float]:
+def accumulatedreference_sq_norms(model, passes) -> dict[str, float]:
     """‖Σ_b ∂L_b/∂W_m‖²_F: W_m trainable, W_m.grad accumulated over every pass of the step."""
     from compat_models import lora_layers
 
@@ -57,7 +57,7 @@ def test_albert_shared_layers_with_accumulation_are_exact(n_micro):
     passes = [lambda b=b: model(**b).loss for b in data]
     assert_close_dicts(
         fisher_sq_norms(model, passes, accumulation_steps=n_micro),
-        accumulated_reference_sq_norms(model, passes),
+        accumulatedreference_sq_norms(model, passes),
         rel=1e-12,
     )
 
@@ -67,7 +67,7 @@ def test_shared_layer_with_accumulation_steps_is_the_accumulated_gradient(n_micr
     model = shared_llama(2)
     data = lm_batches(n_micro)
     passes = [lambda b=b: model(**b).loss for b in data]
-    expected = accumulated_reference_sq_norms(model, passes)
+    expected = accumulatedreference_sq_norms(model, passes)
     per_pass = reference_sq_norms(model, passes)
     assert max(abs(per_pass[n] / expected[n] - 1) for n in expected) > 1e-3
     got = fisher_sq_norms(model, passes, accumulation_steps=n_micro)
@@ -97,7 +97,7 @@ def test_shared_layer_under_gradient_checkpointing_is_exact(reentrant, n_micro):
     passes = [lambda b=b: model(**b).loss for b in data]
     assert_close_dicts(
         fisher_sq_norms(model, passes, accumulation_steps=n_micro),
-        accumulated_reference_sq_norms(model, passes),
+        accumulatedreference_sq_norms(model, passes),
         rel=1e-12,
     )
 

@@ -76,3 +76,22 @@ def test_architecture_names_every_module():
     assert missing == []
     rust = [p.name for p in (ROOT / "rust").rglob("*.rs") if p.name not in ("mod.rs",)]
     assert [n for n in rust if n not in text] == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    """Inside the package (ruff's PLC2701 checks the imports from outside it): a name with a
+    leading underscore stays in its module; fwlora._core, the compiled module, is the one
+    private module the package itself re-exports."""
+    import ast
+
+    package = ROOT / "python" / "fwlora"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fwlora"):
+                if node.module == "fwlora._core":
+                    continue
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private and private != ["__version__"]:
+                    found.append(f"{path.relative_to(package)}: {node.module}.{private}")
+    assert found == []

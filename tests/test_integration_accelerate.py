@@ -15,7 +15,7 @@ from accelerate.optimizer import AcceleratedOptimizer
 from fwlora import FisherAdamW, adamw_param_groups, attach_fisher
 from fwlora.integrations import find_fisher_weighting, save_importances, use_accelerator_settings
 from integration_helpers import reset_accelerate
-from test_statistics import _reference_sq_norms
+from test_statistics import reference_sq_norms
 from tiny import batches, loss_of, tiny_lora_model
 
 
@@ -69,7 +69,7 @@ def test_accumulation_counts_optimizer_steps_and_measures_the_accumulated_gradie
     expected = _reference_accumulated_sq_norms(reference, micro[:3], 1 / 3)
     assert list(fw.fisher.values()) == pytest.approx([0.5 * v for v in expected], rel=1e-9)
     # Not the sum of the per-micro-batch statistics (what accumulation_steps=1 records).
-    per_micro = [_reference_sq_norms(_Scaled(reference, 1 / 3), b) for b in micro[:3]]
+    per_micro = [reference_sq_norms(_Scaled(reference, 1 / 3), b) for b in micro[:3]]
     summed = [sum(v) for v in zip(*per_micro)]
     assert list(fw.fisher.values()) != pytest.approx([0.5 * v for v in summed], rel=1e-3)
 
@@ -96,7 +96,7 @@ def test_accumulation_without_the_settings_sums_micro_batch_statistics_and_warns
     with pytest.warns(RuntimeWarning, match="3 backward passes in one optimizer step"):
         _accumulate(accelerator, model, opt, micro)
     assert fw.step == 1
-    per_micro = [_reference_sq_norms(_Scaled(reference, 1 / 3), b) for b in micro]
+    per_micro = [reference_sq_norms(_Scaled(reference, 1 / 3), b) for b in micro]
     expected = [sum(v) for v in zip(*per_micro)]
     assert list(fw.fisher.values()) == pytest.approx([0.5 * v for v in expected], rel=1e-9)
 

@@ -42,7 +42,7 @@ def test_sketch_is_unbiased():
     assert float(draws.mean() / exact) == pytest.approx(1.0, abs=0.04)
 
 
-def _reference_sq_norms(model, batch):
+def reference_sq_norms(model, batch):
     """‖∂L/∂W_m‖² by turning requires_grad on for every W_m (what the hooks avoid)."""
     from peft.tuners.lora import LoraLayer
 
@@ -62,7 +62,7 @@ def _reference_sq_norms(model, batch):
 def test_hooks_record_exact_weight_gradient_norms():
     model = tiny_lora_model(seed=11)
     batch = batches(1)[0]
-    expected = _reference_sq_norms(model, batch)
+    expected = reference_sq_norms(model, batch)
     opt = FisherAdamW(model, lr=0.0, warmup=3, alpha=0.5)
     opt.zero_grad()
     loss_of(model, batch).backward()
@@ -76,7 +76,7 @@ def test_accumulation_without_the_option_sums_micro_batch_statistics_and_warns_o
     micro-batch statistics, and one warning names the cause and the way out."""
     model = tiny_lora_model(seed=12)
     micro = batches(3, seed=4)
-    expected = [sum(v) for v in zip(*(_reference_sq_norms(model, b) for b in micro))]
+    expected = [sum(v) for v in zip(*(reference_sq_norms(model, b) for b in micro))]
     opt = FisherAdamW(model, lr=0.0, warmup=3, alpha=0.5)
     opt.zero_grad()
     for b in micro:
@@ -91,7 +91,7 @@ def test_accumulation_without_the_option_sums_micro_batch_statistics_and_warns_o
     opt.step()  # once per optimizer: no second warning (filterwarnings=error)
 
 
-def _accumulated_reference_sq_norms(model, micro):
+def _accumulatedreference_sq_norms(model, micro):
     """‖Σ_b ∂L_b/∂W_m‖²: W_m trainable, W_m.grad accumulated over all micro-batches."""
     from peft.tuners.lora import LoraLayer
 
@@ -113,8 +113,8 @@ def _accumulated_reference_sq_norms(model, micro):
 def test_accumulation_steps_give_the_norm_of_the_accumulated_gradient(n_micro):
     model = tiny_lora_model(seed=12)
     micro = batches(n_micro, seed=4)
-    expected = _accumulated_reference_sq_norms(model, micro)
-    per_pass = [sum(v) for v in zip(*(_reference_sq_norms(model, b) for b in micro))]
+    expected = _accumulatedreference_sq_norms(model, micro)
+    per_pass = [sum(v) for v in zip(*(reference_sq_norms(model, b) for b in micro))]
     assert max(abs(a / b - 1) for a, b in zip(per_pass, expected)) > 1e-3  # not the same
     opt = FisherAdamW(model, lr=0.0, warmup=3, alpha=0.5, accumulation_steps=n_micro)
     for _ in range(2):  # two steps: the accumulators start afresh at each
@@ -149,7 +149,7 @@ def test_sketch_accumulation_sketches_the_accumulated_gradient():
 def test_eval_forward_between_warmup_steps_allocates_no_accumulator():
     model = tiny_lora_model(seed=16)
     data = batches(3, seed=6)
-    expected = [_reference_sq_norms(model, b) for b in data[:2]]
+    expected = [reference_sq_norms(model, b) for b in data[:2]]
     opt = FisherAdamW(model, lr=0.0, warmup=3, alpha=0.5)
     stats = opt.fisher_weighting.statistics
     allocated = []

@@ -5,8 +5,9 @@ from typing import Any, final
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FisherCore", "FisherCoreError", "__version__"]
+__all__ = ["MAX_TARGET_RATIO", "FisherCore", "FisherCoreError", "__version__"]
 __version__: str
+MAX_TARGET_RATIO: float
 
 class FisherCoreError(ValueError):
     """Invalid argument or state for the FW-LoRA core."""

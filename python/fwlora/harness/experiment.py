@@ -211,7 +211,7 @@ def run_experiment(
         _stopped_early(staging, exc)
         raise
     staging.commit()
-    return _moved(exp, staging.path, out_dir)
+    return moved_to(exp, staging.path, out_dir)
 
 
 def _train_all(
@@ -223,7 +223,7 @@ def _train_all(
     names = [planned_run_name(c) for c in configs]
     for name, cfg in steps(list(zip(names, configs)), desc="runs", quiet=quiet, unit="run"):
         slot = out_dir / "runs" / name
-        finished = _finished_run(slot)
+        finished = finished_run(slot)
         if resume and finished is not None:
             metrics = finished
         else:
@@ -265,7 +265,7 @@ def _stopped_early(staging: Staging, exc: BaseException) -> None:
         )
 
 
-def _moved(exp: Experiment, old: Path, new: Path) -> Experiment:
+def moved_to(exp: Experiment, old: Path, new: Path) -> Experiment:
     """`exp` with its paths in `old` (the staging folder) moved to `new`."""
     if old == new:
         return exp
@@ -287,12 +287,16 @@ RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
     "run": str,
     "label": str,
     "method": str,
-    "task": str,
     "seed": int,
+    "final_eval_acc": (int, float),
+}
+# Fields checked for their type where present.
+OPTIONAL_RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "task": str,
     "config": dict,
     "adapters": dict,
     "epochs": list,
-    "final_eval_acc": (int, float),
+    "fisher": (dict, type(None)),
     "best_eval_acc": (int, float),
     "runtime_sec": (int, float),
 }
@@ -304,16 +308,19 @@ def check_run_metrics(run: Any) -> dict[str, Any]:
         raise ValueError(f"expected a JSON object, got {type(run).__name__}")
     if run.get("status") != "complete":
         return run
-    for key, kind in RUN_FIELDS.items():
+    fields = {**RUN_FIELDS, **{k: v for k, v in OPTIONAL_RUN_FIELDS.items() if k in run}}
+    for key, kind in fields.items():
         value = run.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"field {key!r} is {value!r}, not of its type")
-    if not run["epochs"] or not all(isinstance(h, dict) for h in run["epochs"]):
-        raise ValueError("field 'epochs' holds no epoch records")
+    if "epochs" in run and not all(isinstance(h, dict) for h in run["epochs"]):
+        raise ValueError("field 'epochs' holds something other than epoch records")
     return run
 
 
-def _finished_run(run_dir: Path) -> dict[str, Any] | None:
+def finished_run(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run in `run_dir` (None: absent or unfinished); a damaged
+    file is one HarnessError line naming it."""
     path = run_dir / "metrics.json"
     if not path.is_file():
         return None
@@ -340,7 +347,7 @@ def _metrics_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _aggregated(doc: dict[str, Any]) -> dict[str, Any]:
-    groups = doc.get("groups")
+    groups = doc.get("groups", {})
     if not isinstance(groups, dict) or not all(
         isinstance(g, dict)
         and isinstance(g.get("metrics"), dict)
@@ -352,7 +359,7 @@ def _aggregated(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _significance(doc: dict[str, Any]) -> dict[str, Any]:
-    comparisons = doc.get("comparisons")
+    comparisons = doc.get("comparisons", [])
     if not isinstance(comparisons, list) or not all(isinstance(c, dict) for c in comparisons):
         raise ValueError("expected 'comparisons': a list of objects")
     return doc
@@ -388,7 +395,7 @@ def load_experiment(out_dir: Path) -> Experiment:
     runs = _artefact(out_dir / "metrics.json", _metrics_runs)
     run_dirs = {}
     for slot in sorted((out_dir / "runs").glob("*")):
-        m = _finished_run(slot)
+        m = finished_run(slot)
         if m is not None:
             run_dirs[m["run"]] = slot
     return Experiment(

@@ -25,8 +25,8 @@ from fwlora.harness.errors import HarnessError
 from fwlora.harness.experiment import (
     PLAN_FILE,
     Experiment,
-    _finished_run,
-    _moved,
+    finished_run,
+    moved_to,
     plan_text,
     write_experiment,
 )
@@ -88,7 +88,7 @@ def _finished_runs(folder: Path) -> Experiment:
         raise HarnessError(f"{folder}: not an experiment folder written by fwlora (no {MARKER})")
     runs, run_dirs = [], {}
     for slot in sorted((folder / "runs").glob("*")):
-        metrics = _finished_run(slot)
+        metrics = finished_run(slot)
         if metrics is not None:
             runs.append(metrics)
             run_dirs[metrics["run"]] = slot
@@ -175,4 +175,4 @@ def merge_experiments(
         staging.discard()
         raise
     staging.commit()
-    return _moved(exp, staging.path, out_dir), text
+    return moved_to(exp, staging.path, out_dir), text

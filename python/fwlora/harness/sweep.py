@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as scipy_stats
 
+from fwlora._core import MAX_TARGET_RATIO  # the limit, defined once in the Rust core
 from fwlora.harness import stats
 from fwlora.harness.artefacts import correct_predictions
 from fwlora.harness.config import RunConfig, run_lists
@@ -29,7 +30,6 @@ from fwlora.harness.errors import HarnessError
 
 DEFAULT_METHODS = ("lora", "fw-lora", "l2-lora")
 DEFAULT_LAMS = (1e-4, 1e-2, 1e-1)
-MAX_TARGET_RATIO = 10.0
 # The curve's x axis: λ given by hand, or the target ratio λ was calibrated to.
 AXIS_TEXT = {"lam": "λ", "target_ratio": "target ratio"}
 DEFAULT_NORMALIZATIONS = ("sum",)
@@ -160,7 +160,10 @@ def _strength_axis(file: dict[str, Any], args: Any) -> dict[str, Any]:
                 "hand, or λ calibrated to each target ratio"
             )
         if targets is not None:
-            return {"lams": None, "target_ratios": _lams(targets, "target_ratios", 10.0)}
+            return {
+                "lams": None,
+                "target_ratios": _lams(targets, "target_ratios", MAX_TARGET_RATIO),
+            }
         if lams is not None:
             return {"lams": _lams(lams), "target_ratios": None}
     return {"lams": list(DEFAULT_LAMS), "target_ratios": None}

@@ -134,11 +134,11 @@ def warmup_fisher(cfg: RunConfig, data: TaskData) -> dict[str, float]:
     import tempfile
 
     from fwlora.harness.resources import cpu_threads
-    from fwlora.harness.train import _setup, _train_step
+    from fwlora.harness.train import batch_order, setup_run, train_step
 
     cfg = cfg.replace(method="fw-lora", variant=None)
     with cpu_threads(cfg.num_threads), tempfile.TemporaryDirectory() as scratch:
-        run = _setup(cfg, Path(scratch), data)  # writes only config.yaml, in scratch
+        run = setup_run(cfg, Path(scratch), data)  # writes only config.yaml, in scratch
         assert run.fisher_k is not None
         if run.fisher_k >= run.total_steps:
             raise HarnessError(
@@ -148,11 +148,9 @@ def warmup_fisher(cfg: RunConfig, data: TaskData) -> dict[str, float]:
         run.model.train()
         for step in range(run.fisher_k):  # the batch order of train._train_epoch
             epoch, i = divmod(step, run.steps_per_epoch)
-            order = np.random.default_rng(cfg.seed * 1009 + epoch + 1).permutation(
-                len(run.train_data)
-            )
+            order = batch_order(cfg.seed, epoch + 1, len(run.train_data))
             index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            _train_step(run, run.train_data.batch(index, run.device))
+            train_step(run, run.train_data.batch(index, run.device))
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
         fisher = run.optimizer.fisher

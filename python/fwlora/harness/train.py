@@ -103,8 +103,8 @@ def build_optimizer(model, cfg: RunConfig, total_steps: int):
 
 
 @dataclass
-class _Run:
-    """What one run holds while it trains."""
+class RunState:
+    """What one run holds while it trains (built by `setup_run`)."""
 
     cfg: RunConfig
     run_dir: Path
@@ -136,7 +136,7 @@ def train_run(
 def _train_run(
     cfg: RunConfig, run_dir: Path, data: TaskData | None, resume: bool
 ) -> dict[str, Any]:
-    run = _setup(cfg, run_dir, data)
+    run = setup_run(cfg, run_dir, data)
     progress = _restore(run, resume)
     saved = load_partial_predictions(run_dir) if progress["epoch"] > 0 else None
     best_preds, final_preds = saved if saved is not None else (None, None)
@@ -189,8 +189,16 @@ def _train_run(
     return _finish(run, progress, best_preds, final_preds)
 
 
-def _setup(cfg: RunConfig, run_dir: Path, data: TaskData | None) -> _Run:
-    """Data, backbone, adapters, optimizer and schedule of a run (and its config.yaml)."""
+def batch_order(seed: int, epoch: int, examples: int) -> np.ndarray:
+    """The order in which epoch `epoch` (1-based) of a run with `seed` visits its training
+    examples: the one definition every user of the run loop (targeting's warm-up, the
+    benchmarks) shares, so their steps are the run's steps."""
+    return np.random.default_rng(seed * 1009 + epoch).permutation(examples)
+
+
+def setup_run(cfg: RunConfig, run_dir: Path, data: TaskData | None) -> RunState:
+    """Data, backbone, adapters, optimizer and schedule of a run (and its config.yaml):
+    the public start of the run loop (`train_step` takes its steps)."""
     from transformers import get_linear_schedule_with_warmup
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +227,7 @@ def _setup(cfg: RunConfig, run_dir: Path, data: TaskData | None) -> _Run:
         )
         notes.append(note)
         say(f"[{name}] warning: {note}; lower --fisher-warmup or set --fisher-warmup-fraction")
-    return _Run(
+    return RunState(
         cfg,
         run_dir,
         data,
@@ -240,7 +248,7 @@ def _setup(cfg: RunConfig, run_dir: Path, data: TaskData | None) -> _Run:
     )
 
 
-def _restore(run: _Run, resume: bool) -> dict[str, Any]:
+def _restore(run: RunState, resume: bool) -> dict[str, Any]:
     """The run's progress: restored from its checkpoint on --resume, else a fresh one."""
     checkpoint = run.run_dir / CHECKPOINT
     if resume and checkpoint.is_file():
@@ -250,18 +258,18 @@ def _restore(run: _Run, resume: bool) -> dict[str, Any]:
     return {"epoch": 0, "global_step": 0, "history": [], "step_losses": [], "elapsed_sec": 0.0}
 
 
-def _train_epoch(run: _Run, epoch: int, progress: dict[str, Any]) -> tuple[float, float]:
+def _train_epoch(run: RunState, epoch: int, progress: dict[str, Any]) -> tuple[float, float]:
     """One pass over the training split; (mean task loss, accuracy) of its batches."""
     cfg = run.cfg
     run.model.train()
-    order = np.random.default_rng(cfg.seed * 1009 + epoch).permutation(len(run.train_data))
+    order = batch_order(cfg.seed, epoch, len(run.train_data))
     loss_sum, correct, seen = 0.0, 0, 0
     bar = steps(
         range(run.steps_per_epoch), desc=f"{run.name} epoch {epoch}/{cfg.epochs}", quiet=cfg.quiet
     )
     for i in bar:
         index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        step_loss, step_correct = _train_step(run, run.train_data.batch(index, run.device))
+        step_loss, step_correct = train_step(run, run.train_data.batch(index, run.device))
         progress["global_step"] += 1
         if cfg.method == "adalora":
             run.model.base_model.update_and_allocate(progress["global_step"])
@@ -275,8 +283,9 @@ def _train_epoch(run: _Run, epoch: int, progress: dict[str, Any]) -> tuple[float
     return loss_sum / seen, correct / seen
 
 
-def _train_step(run: _Run, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
-    """Forward, backward and optimizer step on one batch: (task loss, correct predictions)."""
+def train_step(run: RunState, batch: dict[str, torch.Tensor]) -> tuple[float, int]:
+    """Forward, backward and optimizer step on one batch: (task loss, correct predictions).
+    The caller steps the schedule and zeroes the gradients (as `_train_epoch` does)."""
     labels = batch["labels"]
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
         out = run.model(**batch)
@@ -292,7 +301,7 @@ def _evaluates(cfg: RunConfig, epoch: int) -> bool:
     return cfg.evaluate == "every-epoch" or epoch == cfg.epochs
 
 
-def _evaluate_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], np.ndarray]:
+def _evaluate_epoch(run: RunState, epoch: int) -> tuple[dict[str, Any], np.ndarray]:
     """The evaluation row of an epoch (without its training figures) and the predictions."""
     t1 = time.perf_counter()
     eval_loss, preds = evaluate(
@@ -318,7 +327,7 @@ def _evaluate_epoch(run: _Run, epoch: int) -> tuple[dict[str, Any], np.ndarray]:
     return row, preds
 
 
-def _epoch_line(run: _Run, row: dict[str, Any]) -> str:
+def _epoch_line(run: RunState, row: dict[str, Any]) -> str:
     if "eval_acc" not in row:
         return (
             f"[{run.name}] epoch {row['epoch']}: train_loss {row['train_loss']:.4f} "
@@ -333,7 +342,7 @@ def _epoch_line(run: _Run, row: dict[str, Any]) -> str:
 
 
 def _finish(
-    run: _Run, progress: dict[str, Any], best_preds: np.ndarray, final_preds: np.ndarray
+    run: RunState, progress: dict[str, Any], best_preds: np.ndarray, final_preds: np.ndarray
 ) -> dict[str, Any]:
     """metrics.json, predictions.json and the importance file of a finished run."""
     cfg, run_dir = run.cfg, run.run_dir
@@ -377,7 +386,7 @@ def _finish(
     return metrics
 
 
-def _run_metrics(run: _Run, progress: dict[str, Any]) -> dict[str, Any]:
+def _run_metrics(run: RunState, progress: dict[str, Any]) -> dict[str, Any]:
     cfg, data, history = run.cfg, run.data, progress["history"]
     primary = primary_metric(data.name)
     evaluated = [h for h in history if "eval_acc" in h]  # evaluate="final": the last only

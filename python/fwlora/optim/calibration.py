@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from fwlora._core import MAX_TARGET_RATIO  # the limit, defined once in the Rust core
 from fwlora.optim.distributed import sq_norm_sum
 
 # ‖∇P‖/‖∇L_task‖ at the calibration step when lam="auto" and no target_ratio is given; see
 # docs/method.md for the measurements behind it (benches/results/calibration.md).
 DEFAULT_TARGET_RATIO = 0.1
-MAX_TARGET_RATIO = 10.0
 
 
 def check_strength(lam: Any, target_ratio: Any, penalty: str) -> float | None:
