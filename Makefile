@@ -36,7 +36,7 @@ setup: $(STAMP)
 
 # Rebuilds the extension after Rust changes (a no-op when nothing changed).
 build: setup
-	$(VENV)/bin/maturin develop --release --quiet
+	$(VENV)/bin/maturin develop --release --quiet --skip-install
 
 test-rust:
 	cargo test --quiet
