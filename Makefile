@@ -10,9 +10,10 @@ DIST := dist
 # A venv made afresh for every wheel check; its own cargo target dir, so the zig-linked
 # wheel build does not invalidate the development build in target/ (and the reverse).
 WHEEL_VENV := $(DIST)/wheel-venv
-# The lean dependencies' wheels, downloaded once and reused (pip's own cache is not
-# filled where the package index forbids caching, and torch alone is 2.9 GB with CUDA).
-WHEELHOUSE := $(DIST)/wheelhouse
+# The lean dependencies' wheels, downloaded once per machine and reused by every clone's
+# wheel check (pip's own cache is not filled where the package index forbids caching, and
+# torch alone is 2.9 GB with CUDA). Override with WHEELHOUSE=... .
+WHEELHOUSE ?= $(HOME)/.cache/fwlora/wheelhouse
 WHEEL_TARGET := target/wheel
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
