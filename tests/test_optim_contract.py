@@ -213,3 +213,143 @@ def test_a_lam_that_overflows_the_penalty_is_reported_once_with_its_value():
             opt.zero_grad()
             loss_of(model, batch).backward()
             opt.step()
+
+
+# ------------------------------------------------------------------ torch's generic conventions
+SETUPS = ["fisher-adamw-lam0", "fisher-adamw-penalised", "adamw+attach", "sgd+attach"]
+
+
+def _setup(kind, model, **adamw):
+    """(optimizer, its FW-LoRA handle) for one of SETUPS."""
+    if kind == "fisher-adamw-lam0":
+        opt = FisherAdamW(model, lr=1e-2, warmup=WARMUP, lam=0.0, **adamw)
+        return opt, opt.fisher_weighting
+    if kind == "fisher-adamw-penalised":
+        opt = FisherAdamW(model, lr=1e-2, warmup=WARMUP, lam=1e-1, **adamw)
+        return opt, opt.fisher_weighting
+    params = [p for p in model.parameters() if p.requires_grad]
+    if kind == "adamw+attach":
+        opt = torch.optim.AdamW(params, lr=1e-2, **adamw)
+    else:
+        opt = torch.optim.SGD(params, lr=1e-1, momentum=0.9)
+    return opt, attach_fisher(opt, model, warmup=WARMUP, lam=1e-1)
+
+
+def _steps(model, opt, data):
+    for batch in data:
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("kind", SETUPS)
+def test_state_dict_round_trip_continues_in_lock_step(kind):
+    data = batches(8)
+    model = tiny_lora_model()
+    opt, _ = _setup(kind, model)
+    _steps(model, opt, data[:4])
+    import copy
+
+    twin_model = copy.deepcopy(model)
+    twin, _ = _setup(kind, twin_model)
+    # Deep-copied as torch's own tests do: load_state_dict keeps tensors that need no cast, so
+    # a shared state would be updated by both optimizers.
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert repr(twin) == repr(opt)  # printing works and shows the same groups
+    _steps(model, opt, data[4:])
+    _steps(twin_model, twin, data[4:])
+    for (name, a), b in zip(model.named_parameters(), twin_model.parameters()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("kind", SETUPS)
+def test_user_hooks_run_once_per_step_in_order(kind):
+    model = tiny_lora_model()
+    opt, _ = _setup(kind, model)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    _steps(model, opt, batches(3))
+    assert calls == ["pre", "post"] * 3
+
+
+@pytest.mark.parametrize("kind", ["fisher-adamw-lam0", "fisher-adamw-penalised"])
+def test_a_closure_is_evaluated_with_gradients_enabled(kind):
+    model = tiny_lora_model()
+    opt, fw = _setup(kind, model)
+    for batch in batches(WARMUP + 2):
+
+        def closure(batch=batch):
+            opt.zero_grad()
+            loss = loss_of(model, batch)
+            loss.backward()
+            return loss
+
+        loss = opt.step(closure)
+        assert torch.isfinite(loss)
+    assert fw.step == WARMUP + 2
+
+
+def test_attach_fisher_refuses_a_closure_naming_the_way_out():
+    model = tiny_lora_model()
+    opt, _ = _setup("adamw+attach", model)
+    with pytest.raises(ValueError, match="closure: .*use FisherAdamW"):
+        opt.step(lambda: loss_of(model, batches(1)[0]))
+
+
+def test_param_groups_with_their_own_lr_and_weight_decay_equal_adamw_at_lam_zero():
+    data = batches(5)
+    ours, theirs = tiny_lora_model(), tiny_lora_model()
+
+    def groups(model):
+        lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+        rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+        return [{"params": lora, "lr": 3e-2, "weight_decay": 0.2}, {"params": rest, "lr": 1e-3}]
+
+    opt = FisherAdamW(ours, params=groups(ours), lr=1e-2, warmup=WARMUP, lam=0.0)
+    ref = torch.optim.AdamW(groups(theirs), lr=1e-2)
+    _steps(ours, opt, data)
+    _steps(theirs, ref, data)
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("kind", ["fisher-adamw-penalised", "adamw+attach"])
+def test_add_param_group_after_construction(kind):
+    model = tiny_lora_model()
+    extra = torch.nn.Parameter(torch.ones(3, dtype=next(model.parameters()).dtype))
+    opt, fw = _setup(kind, model)
+    _steps(model, opt, batches(2))
+    opt.add_param_group({"params": [extra], "lr": 0.5})
+    for batch in batches(3):
+        opt.zero_grad()
+        (loss_of(model, batch) + extra.sum()).backward()
+        opt.step()
+    assert not torch.equal(extra.detach(), torch.ones(3, dtype=extra.dtype))
+    assert fw.step == 5 and fw.phase == "frozen"
+
+
+@pytest.mark.parametrize("impl", [{"foreach": False}, {"fused": True}])
+def test_for_loop_and_fused_equal_foreach_after_warmup(impl):
+    data = batches(6)
+    models = [tiny_lora_model(), tiny_lora_model()]
+    base, _ = _setup("fisher-adamw-penalised", models[0], foreach=True)
+    other, _ = _setup("fisher-adamw-penalised", models[1], **impl)
+    _steps(models[0], base, data)
+    _steps(models[1], other, data)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("kind", SETUPS)
+def test_a_step_with_zeroed_gradients_is_an_ordinary_step(kind):
+    """zero_grad(set_to_none=False): the gradients exist and are 0; every optimizer steps
+    (moments, decay) and FW-LoRA counts the step and penalises as if the term were in the
+    loss."""
+    model = tiny_lora_model()
+    opt, fw = _setup(kind, model)
+    _steps(model, opt, batches(WARMUP + 1))
+    opt.zero_grad(set_to_none=False)
+    opt.step()
+    assert fw.step == WARMUP + 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
