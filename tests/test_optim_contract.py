@@ -293,7 +293,7 @@ def test_a_closure_is_evaluated_with_gradients_enabled(kind):
 def test_attach_fisher_refuses_a_closure_naming_the_way_out():
     model = tiny_lora_model()
     opt, _ = _setup("adamw+attach", model)
-    with pytest.raises(ValueError, match="closure: .*use FisherAdamW"):
+    with pytest.raises(ValueError, match=r"closure: .*use FisherAdamW"):
         opt.step(lambda: loss_of(model, batches(1)[0]))
 
 
