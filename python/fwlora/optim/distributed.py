@@ -70,11 +70,7 @@ def is_dtensor(t: Any) -> bool:
 def current_factors(matrix: AdapterMatrix) -> tuple[nn.Parameter, nn.Parameter]:
     """The LoRA factors `matrix.module` holds now (FSDP2 replaces them when it shards, and
     swaps in unsharded ones for the duration of forward and backward)."""
-    module: Any = matrix.module
-    adapter = matrix.adapter
-    if matrix.kind == "embedding":
-        return module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
-    return module.lora_A[adapter].weight, module.lora_B[adapter].weight
+    return matrix.current_factors()
 
 
 def _accelerate_shared_state() -> dict[str, Any]:

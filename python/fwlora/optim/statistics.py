@@ -175,12 +175,7 @@ def _grads_unset(matrix: AdapterMatrix) -> bool:
     """No LoRA gradient yet in this step: neither on the factors found at construction nor on
     the module's current ones (FSDP2 swaps in unsharded parameters for forward and backward and
     keeps gradients accumulated without sync there)."""
-    module: Any = matrix.module  # a peft LoRA layer (dynamic attributes)
-    adapter = matrix.adapter
-    if matrix.kind == "embedding":
-        current = [module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]]
-    else:
-        current = [module.lora_A[adapter].weight, module.lora_B[adapter].weight]
+    current = matrix.current_factors()
     stored = (matrix.lora_A, matrix.lora_B)
     if not any(is_dtensor(p) for p in stored) and any(c is not s for c, s in zip(current, stored)):
         # The model's factors were replaced since FW-LoRA found them (fully_shard after it was

@@ -47,6 +47,22 @@ class AdapterMatrix:
     def rank(self) -> int:
         return self.lora_A.shape[0]
 
+    def current_factors(self) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+        """The LoRA factors `module` holds now: FSDP2 replaces them when it shards, and swaps
+        in unsharded ones for the duration of forward and backward."""
+        return lora_factors(self.module, self.adapter, self.kind)
+
+
+def lora_factors(
+    module: nn.Module, adapter: str, kind: str
+) -> tuple[torch.nn.Parameter, torch.nn.Parameter]:
+    """(A, B) of `adapter` in a peft LoRA layer: the one place that knows where a Linear's
+    and an Embedding's factors live."""
+    layer: Any = module  # peft's LoRA layers set these attributes dynamically
+    if kind == "embedding":
+        return layer.lora_embedding_A[adapter], layer.lora_embedding_B[adapter]
+    return layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+
 
 # peft LoRA layer classes (by module and class name, so no optional library is imported) whose
 # forward is base(x) + scaling·B(A(dropout(x))) with base a linear map x ↦ x Wᵀ of known shape.
@@ -184,13 +200,9 @@ def find_adapter_matrices(
                 "FW-LoRA does not implement (its update is not plain scaling·B·A on every "
                 f"token); use plain LoRA or rsLoRA there, or {hint}"
             )
-        if kind == "linear":
-            lora_A = module.lora_A[adapter].weight
-            lora_B = module.lora_B[adapter].weight
-        else:
+        if kind == "embedding":
             _check_embedding(name, module, adapter, hint)
-            lora_A = module.lora_embedding_A[adapter]
-            lora_B = module.lora_embedding_B[adapter]
+        lora_A, lora_B = lora_factors(module, adapter, kind)
         if getattr(module, "tp_layer", None) is not None:
             raise ValueError(f"model: {name} is tensor-parallel; {hint}")
         matrices.append(
