@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from fwlora.optim.checkpoint import require_entry, with_entry, without_entry
 from fwlora.optim.options import DEFAULTS, FisherOptions, plain_number
+from fwlora.optim.readouts import ReadOuts
 from fwlora.optim.weighting import FisherWeighting
 
 
@@ -74,7 +74,7 @@ def _check_adamw(*, betas: Any, **numbers: Any) -> None:
             raise ValueError(f"invalid `betas`: expected betas[{i}] in [0, 1), got {beta!r}")
 
 
-class FisherAdamW(torch.optim.AdamW):
+class FisherAdamW(ReadOuts, torch.optim.AdamW):
     """AdamW (exactly ``torch.optim.AdamW``) on every trainable parameter, plus FW-LoRA.
 
     ``FisherAdamW(model, warmup=500, lam=1e-4)`` — `model` holds peft LoRA layers. Steps
@@ -187,52 +187,10 @@ class FisherAdamW(torch.optim.AdamW):
         super().zero_grad(set_to_none)
         self.fisher_weighting.statistics.drop_step()
 
-    # Read-outs (see FisherWeighting) -------------------------------------------
+    # Read-outs: readouts.ReadOuts, of this optimizer's FisherWeighting ------------
     @property
-    def phase(self) -> str:
-        """ "warmup" during steps 1..K, then "frozen" ("refreshing" with refresh_every)."""
-        return self.fisher_weighting.phase
-
-    @property
-    def importance(self) -> dict[str, float] | None:
-        """{module name: I_m}, None during warm-up."""
-        return self.fisher_weighting.importance
-
-    @property
-    def fisher(self) -> dict[str, float]:
-        """{module name: F_m}, the current Fisher EMA."""
-        return self.fisher_weighting.fisher
-
-    @property
-    def lam(self) -> float | None:
-        """λ in effect: as given, or with lam="auto" the calibrated one (None until then)."""
-        return self.fisher_weighting.lam
-
-    @property
-    def target_ratio(self) -> float | None:
-        """lam="auto": the ‖∇P‖/‖∇L_task‖ λ is calibrated to; None when λ is set by hand."""
-        return self.fisher_weighting.target_ratio
-
-    @property
-    def penalty_grad_ratio(self) -> float | None:
-        """‖∇P‖ / ‖∇L_task‖ over the LoRA factors at the latest penalised step."""
-        return self.fisher_weighting.penalty_grad_ratio
-
-    def penalty_grad_ratios(self) -> list[float]:
-        """‖∇P‖ / ‖∇L_task‖ of every measured penalised step so far (the first 16, then
-        every 16th)."""
-        return self.fisher_weighting.penalty_grad_ratios()
-
-    def penalty_grad_ratio_steps(self) -> list[int]:
-        """The optimizer step of each value in `penalty_grad_ratios()`."""
-        return self.fisher_weighting.penalty_grad_ratio_steps()
-
-    def penalty_value(self) -> torch.Tensor:
-        return self.fisher_weighting.penalty_value()
-
-    def export_json(self, path: str | Path) -> Path:
-        """Writes phase, step, options, F and I per matrix as JSON."""
-        return self.fisher_weighting.export_json(path)
+    def _weighting(self) -> FisherWeighting:
+        return self.fisher_weighting
 
     def use_grad_scaler(self, scaler: Any) -> None:
         self.fisher_weighting.use_grad_scaler(scaler)

@@ -18,10 +18,8 @@ core's next update is due), so no warm-up step waits on the device.
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,6 +46,7 @@ from fwlora.optim.distributed import (
 )
 from fwlora.optim.options import CORE_OPTIONS, FisherOptions
 from fwlora.optim.penalty import FisherPenalty
+from fwlora.optim.readouts import ReadOuts
 from fwlora.optim.statistics import GradientStatistics
 from fwlora.optim.strength import PenaltyStrength
 from fwlora.optim.targets import (
@@ -62,7 +61,7 @@ from fwlora.optim.targets import (
 _BOUND_ATTR = "_fwlora_weighting"
 
 
-class FisherWeighting:
+class FisherWeighting(ReadOuts):
     """Fisher EMA warm-up, frozen importances and the Fisher-weighted penalty for `model`.
 
     Use :class:`fwlora.FisherAdamW` for AdamW, or attach this to any optimizer::
@@ -122,6 +121,11 @@ class FisherWeighting:
         return self.matrices[0].lora_A.device
 
     # ----------------------------------------------------------------- read-outs
+    # (the rest, shared with FisherAdamW, in readouts.ReadOuts)
+    @property
+    def _weighting(self) -> FisherWeighting:
+        return self
+
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.matrices]
@@ -130,88 +134,6 @@ class FisherWeighting:
     def step(self) -> int:
         """Optimizer steps taken: the core's count plus the observations waiting for it."""
         return self.core.step + len(self._rows)
-
-    @property
-    def phase(self) -> str:
-        """ "warmup", "frozen", or "refreshing" (refresh_every > 0, after warm-up).
-
-        Exact without a flush: rows are flushed exactly when the core's update is due.
-        """
-        return self.core.phase
-
-    @property
-    def importance(self) -> dict[str, float] | None:
-        imp = self.core.importance
-        return None if imp is None else dict(zip(self.names, imp.tolist()))
-
-    @property
-    def fisher(self) -> dict[str, float]:
-        """F_m per matrix, the Fisher EMA."""
-        self.flush()
-        return dict(zip(self.names, self.core.fisher.tolist()))
-
-    @property
-    def skipped(self) -> int:
-        self.flush()
-        return self.core.skipped
-
-    @property
-    def lam(self) -> float | None:
-        """λ in effect: as given, or with lam="auto" the calibrated one (None until then)."""
-        return self.core.lam
-
-    @property
-    def target_ratio(self) -> float | None:
-        """lam="auto": the ‖∇P‖/‖∇L_task‖ λ is calibrated to; None when λ is set by hand."""
-        return self.core.target_ratio
-
-    @property
-    def penalty_grad_ratio(self) -> float | None:
-        """‖∇P‖ / ‖∇L_task‖ over all LoRA factors at the latest measured penalised step (None
-        before the first, and with penalty="decoupled", which adds no gradient). Measured:
-        the first 16 penalised steps, then every 16th (`penalty_grad_ratio_steps()`)."""
-        return self.strength.latest()
-
-    def penalty_grad_ratios(self) -> list[float]:
-        """‖∇P‖ / ‖∇L_task‖ of every measured penalised step so far (one host transfer)."""
-        return self.strength.history()
-
-    def penalty_grad_ratio_steps(self) -> list[int]:
-        """The optimizer step of each value in `penalty_grad_ratios()`."""
-        return self.strength.steps()
-
-    def penalty_value(self) -> torch.Tensor:
-        """The penalty term the next step adds to the objective, at the current weights:
-        scale(t + 1)·λ·Σ_m (1 - I_m)·‖ΔW_m‖²_F (the schedule's scale, 0 during warm-up); no
-        host sync. 0 with penalty="decoupled", which adds no term (its decay acts in the update).
-
-        Under FSDP2 this is a collective (an r × r all-reduce and an all-gather of A per
-        shape): call it on every rank."""
-        factors = self.core.base_factors()
-        scale = self.core.schedule_scale(self.step + 1)
-        if factors is None or scale == 0.0 or self.options.penalty == "decoupled":
-            return torch.zeros((), device=self._device)
-        return self.penalty.value(factors) * scale
-
-    def summary(self) -> dict[str, Any]:
-        """Phase, step, options, F and I per matrix: plain JSON-able values."""
-        return {
-            "phase": self.phase,
-            "step": self.step,
-            "skipped_observations": self.skipped,
-            "options": self.options.to_dict(),
-            "lam": self.lam,
-            "target_ratio": self.target_ratio,
-            "penalty_grad_ratio": self.penalty_grad_ratio,
-            "fisher": self.fisher,
-            "importance": self.importance,
-        }
-
-    def export_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.summary(), indent=2))
-        return path
 
     # ------------------------------------------------------------- integration
     def attach(self, optimizer: torch.optim.Optimizer) -> FisherWeighting:
