@@ -211,14 +211,14 @@ def test_callback_refuses_deepspeed_and_fsdp_trainers(tmp_path):
     callback = FisherCallback(trainer)
     begin = (trainer.args, trainer.state, trainer.control)
     trainer.is_fsdp_enabled = True  # what Trainer(args.fsdp=...) sets; FSDP needs GPUs
-    with pytest.raises(ValueError, match=r"FSDP: not supported with FSDP1.*version': 2"):
+    with pytest.raises(ValueError, match=r"FSDP: not supported with FSDP version 1.*version': 2"):
         callback.on_train_begin(*begin)  # no plugin version: FSDP1
     # FSDP2 (fsdp_config={"version": 2}) is accepted: the optimizer handles its DTensors.
     fsdp2 = SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=2))
     trainer.accelerator = SimpleNamespace(state=fsdp2, scaler=None)
     callback.on_train_begin(*begin)
     fsdp2.fsdp_plugin.fsdp_version = 1
-    with pytest.raises(ValueError, match="FSDP: not supported with FSDP1"):
+    with pytest.raises(ValueError, match="FSDP: not supported with FSDP version 1"):
         callback.on_train_begin(*begin)
     trainer.is_fsdp_enabled = False
     trainer.is_deepspeed_enabled = True

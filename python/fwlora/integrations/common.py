@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fwlora.optim.lookup import find_fisher
 from fwlora.optim.weighting import FisherWeighting
 
 # The one name of the importance file, wherever FW-LoRA writes one.
@@ -21,16 +22,9 @@ def find_fisher_weighting(obj: Any) -> FisherWeighting:
     An optimizer FW-LoRA was attached to with :func:`fwlora.attach_fisher` does not hold it:
     pass the FisherWeighting that call returned instead.
     """
-    current = obj
-    for _ in range(8):  # wrappers of wrappers, bounded
-        if isinstance(current, FisherWeighting):
-            return current
-        found = getattr(current, "fisher_weighting", None)
-        if isinstance(found, FisherWeighting):
-            return found
-        current = getattr(current, "optimizer", None)
-        if current is None:
-            break
+    found = find_fisher(obj)
+    if found is not None:
+        return found
     raise ValueError(
         f"optimizer: no FW-LoRA found in {type(obj).__name__}; use fwlora.FisherAdamW, or pass "
         "the FisherWeighting that attach_fisher(...) returned"

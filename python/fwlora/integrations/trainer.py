@@ -20,6 +20,7 @@ from fwlora.integrations.common import (
     save_importances,
 )
 from fwlora.optim.adamw import FisherAdamW
+from fwlora.optim.distributed import SHARDING_HINT, sharding_refusal
 from fwlora.optim.weighting import FisherWeighting
 
 _PEFT_PREFIX = "base_model.model."
@@ -57,21 +58,17 @@ def _output_dir(args: TrainingArguments) -> str:
 
 def _refuse_flat_sharding(trainer: Any) -> None:
     """FSDP1 and DeepSpeed hide the LoRA factors in flat shards: refused. FSDP2 is supported."""
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        raise ValueError(
-            "DeepSpeed: not supported by FW-LoRA, whose gradient hooks need the LoRA factors "
-            "themselves; train with FSDP2 (fsdp_config={'version': 2}) or DDP; see "
-            "docs/distributed.md"
-        )
+    version = None
     if getattr(trainer, "is_fsdp_enabled", False):
         state = getattr(getattr(trainer, "accelerator", None), "state", None)
-        plugin = getattr(state, "fsdp_plugin", None)
-        if getattr(plugin, "fsdp_version", 1) != 2:
-            raise ValueError(
-                "FSDP: not supported with FSDP1 (fsdp_config version 1): its flat parameters "
-                "hide the LoRA factors; use fsdp_config={'version': 2} (FSDP2) or DDP; see "
-                "docs/distributed.md"
-            )
+        version = int(getattr(getattr(state, "fsdp_plugin", None), "fsdp_version", 1))
+    refusal = sharding_refusal(
+        deepspeed=bool(getattr(trainer, "is_deepspeed_enabled", False)),
+        fsdp_version=version,
+        source="the Trainer's settings",
+    )
+    if refusal:
+        raise ValueError(f"{refusal}. {SHARDING_HINT}")
 
 
 class FisherCallback(TrainerCallback):

@@ -32,10 +32,11 @@ import torch
 from torch import nn
 
 from fwlora.optim.checkpoint import STATE_KEY
+from fwlora.optim.lookup import find_fisher
 from fwlora.optim.targets import AdapterMatrix
 
 _TRUE = {"1", "true", "yes", "y", "on"}
-_HINT = (
+SHARDING_HINT = (
     "FW-LoRA supports single-device, DistributedDataParallel and FSDP2 training "
     "(torch.distributed.fsdp.fully_shard; accelerate / Trainer with fsdp_version 2); "
     "see docs/distributed.md"
@@ -97,10 +98,28 @@ def _accelerate_fell_back() -> bool:
     return kind is not None and str(getattr(kind, "value", kind)) != "FSDP"
 
 
+def sharding_refusal(
+    *, deepspeed: bool = False, fsdp_version: int | None = None, source: str = ""
+) -> str | None:
+    """The one refusal of the set-ups whose flat shards hide the LoRA factors (DeepSpeed ZeRO,
+    FSDP1), naming where the setting came from (`source`); None for a supported one. The
+    optimizer (accelerate's launch flags) and the Trainer callback both use it."""
+    where = f" ({source})" if source else ""
+    if deepspeed:
+        return f"DeepSpeed: not supported{where}"
+    if fsdp_version is not None and fsdp_version != 2:
+        return (
+            f"FSDP: not supported with FSDP version {fsdp_version}{where}: FSDP1's flat "
+            "parameters hide the LoRA factors; use fsdp_version 2 (the Trainer: "
+            "fsdp_config={'version': 2})"
+        )
+    return None
+
+
 def _env_engine() -> str | None:
     """The sharding engine accelerate announced (launcher flags, or its plugin), if refused."""
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").strip().lower() in _TRUE:
-        return "DeepSpeed: not supported (ACCELERATE_USE_DEEPSPEED is set)"
+        return sharding_refusal(deepspeed=True, source="ACCELERATE_USE_DEEPSPEED is set")
     if os.environ.get("ACCELERATE_USE_FSDP", "").strip().lower() in _TRUE:
         if _accelerate_fell_back():
             return None
@@ -110,12 +129,9 @@ def _env_engine() -> str | None:
             # `accelerate launch --use_fsdp` always sets it; accelerate's own default is 1.
             version = int(os.environ.get("FSDP_VERSION", "1").strip() or "1")
             source = "FSDP_VERSION" if "FSDP_VERSION" in os.environ else "accelerate's default"
-        if version != 2:
-            return (
-                f"FSDP: not supported with FSDP version {version} (ACCELERATE_USE_FSDP is set, "
-                f"version from {source}): FSDP1's flat parameters hide the LoRA factors; "
-                "use fsdp_version 2"
-            )
+        return sharding_refusal(
+            fsdp_version=version, source=f"ACCELERATE_USE_FSDP is set, version from {source}"
+        )
     return None
 
 
@@ -128,12 +144,13 @@ def check_model(model: nn.Module) -> None:
             where = f" ({name})" if name else ""
             raise ValueError(
                 f"FSDP: the model is wrapped by FSDP1 (FullyShardedDataParallel{where}), whose "
-                f"flat parameters hide the LoRA factors; shard with FSDP2 (fully_shard). {_HINT}"
+                "flat parameters hide the LoRA factors; shard with FSDP2 (fully_shard). "
+                f"{SHARDING_HINT}"
             )
         if kind == "DeepSpeedEngine":
             raise ValueError(
                 "DeepSpeed: the model is a DeepSpeed engine, whose ZeRO partitions its own "
-                f"optimizer updates. {_HINT}"
+                f"optimizer updates. {SHARDING_HINT}"
             )
 
 
@@ -141,20 +158,20 @@ def check_sharding(matrices: Sequence[AdapterMatrix]) -> None:
     """ValueError unless the LoRA factors are plain tensors or FSDP2 shards FW-LoRA supports."""
     refusal = _env_engine()
     if refusal:
-        raise ValueError(f"{refusal}. {_HINT}")
+        raise ValueError(f"{refusal}. {SHARDING_HINT}")
     world = _world_size()
     for m in matrices:
         for p in (m.lora_A, m.lora_B):
             if hasattr(p, "ds_id") or hasattr(p, "ds_numel"):
                 raise ValueError(
                     f"DeepSpeed: {m.name} holds ZeRO-partitioned factors, which DeepSpeed's "
-                    f"own optimizer updates. {_HINT}"
+                    f"own optimizer updates. {SHARDING_HINT}"
                 )
             if getattr(p, "_fsdp_flattened", False) or type(p).__name__ == "FlatParameter":
                 raise ValueError(
                     f"FSDP: {m.name} is wrapped by FSDP1 (FullyShardedDataParallel), whose flat "
                     f"parameters hide the LoRA factors; shard with FSDP2 (fully_shard) instead. "
-                    f"{_HINT}"
+                    f"{SHARDING_HINT}"
                 )
             if is_dtensor(p):
                 _check_fsdp2_layout(m.name, p, world)
@@ -176,14 +193,14 @@ def _check_fsdp2_layout(name: str, p: Any, world: int) -> None:
         raise ValueError(
             f"FSDP2: {name} has LoRA factors laid out as {placements}; FW-LoRA supports FSDP2's "
             "layouts (one Shard, Replicate on HSDP's other mesh dim), not tensor parallelism. "
-            f"{_HINT}"
+            f"{SHARDING_HINT}"
         )
     size = p.device_mesh.size()
     if size != world:
         raise ValueError(
             f"FSDP2: {name}'s LoRA factors live on a device mesh of {size} of the {world} ranks "
             "(tensor or pipeline parallelism?); FW-LoRA averages its statistic over all ranks and "
-            f"supports data-parallel meshes over every rank only. {_HINT}"
+            f"supports data-parallel meshes over every rank only. {SHARDING_HINT}"
         )
 
 
@@ -212,7 +229,7 @@ def current_matrices(
         except (AttributeError, KeyError) as exc:
             raise ValueError(
                 f"model: {m.name} no longer holds its LoRA factors ({exc}); it was wrapped after "
-                f"FW-LoRA was built by an engine that removes parameters (FSDP1?). {_HINT}"
+                f"FW-LoRA was built by an engine that removes parameters (FSDP1?). {SHARDING_HINT}"
             ) from exc
         if a is m.lora_A and b is m.lora_B:
             fresh.append(m)
@@ -235,7 +252,7 @@ def current_matrices(
                 "optimizer: no longer updates the LoRA factors FW-LoRA found in the model "
                 f"({stale[0]}"
                 f"{f' and {len(stale) - 1} more' if len(stale) > 1 else ''}; FSDP1 or DeepSpeed "
-                f"replaced them with flat shards?). {_HINT}"
+                f"replaced them with flat shards?). {SHARDING_HINT}"
             )
     return fresh if replaced else None
 
@@ -292,7 +309,7 @@ def sharded_sum(values: Sequence[tuple[torch.Tensor, Any]]) -> torch.Tensor:
 
 # ------------------------------------------------------------------ checkpoints
 def _fisher_entry(optimizer: Any) -> dict[str, Any]:
-    fw = _find_fisher(optimizer)
+    fw = find_fisher(optimizer)
     if fw is not None:
         return fw.state_dict()
     entry = optimizer.state_dict().get(STATE_KEY)
@@ -302,18 +319,6 @@ def _fisher_entry(optimizer: Any) -> dict[str, Any]:
             "optimizer FW-LoRA was attached to"
         )
     return entry
-
-
-def _find_fisher(optimizer: Any) -> Any:
-    current = optimizer
-    for _ in range(8):  # accelerate's AcceleratedOptimizer and other wrappers, bounded
-        found = getattr(current, "fisher_weighting", None)
-        if found is not None:
-            return found
-        current = getattr(current, "optimizer", None)
-        if current is None:
-            return None
-    return None
 
 
 def get_optimizer_state_dict(
@@ -357,7 +362,7 @@ def set_optimizer_state_dict(
     entry = optim_state_dict[STATE_KEY]
     if isinstance(entry, (bytes, str)):
         entry = json.loads(entry)
-    fw = _find_fisher(optimizer)
+    fw = find_fisher(optimizer)
     if fw is not None:
         fw.validate_state_dict(entry)  # refuse before torch changes anything
     rest = {k: v for k, v in optim_state_dict.items() if k != STATE_KEY}
