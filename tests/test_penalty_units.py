@@ -84,7 +84,7 @@ def test_the_strength_read_out_measures_the_first_steps_then_every_nth():
 
 
 def test_decoupled_decay_is_scaled_per_adapter_and_skips_factors_without_gradient():
-    model, matrices = _matrices(seed=2)
+    _, matrices = _matrices(seed=2)
     params = [p for m in matrices for p in (m.lora_A, m.lora_B)]
     opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.2)
     for p in params:
