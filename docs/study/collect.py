@@ -49,9 +49,14 @@ def finished(folder: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def collect_bind(folder: Path) -> int:
-    runs = finished(folder)
-    doc = {"schema": "fwlora.metrics/1", "runs": {r["run"]: r for r in runs}}
+def collect_bind(folders: list[Path]) -> int:
+    """Every finished run of the bind parts, once (a run of the same name in two parts is the
+    same configuration and seed: the first part's copy is kept)."""
+    runs: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        for run in finished(folder):
+            runs.setdefault(run["run"], run)
+    doc = {"schema": "fwlora.metrics/1", "runs": dict(sorted(runs.items()))}
     (OUT / "bind_metrics.json").write_text(json.dumps(doc) + "\n")
     return len(runs)
 
@@ -98,9 +103,10 @@ def collect_premise(folder: Path) -> int:
 
 def main(argv: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    bind = part("bind")
-    if bind is not None:
-        print(f"bind: {collect_bind(bind)} finished runs from {bind.name}")
+    binds = [f for f in (part("bind"), part("bind-b")) if f is not None]
+    if binds:
+        names = ", ".join(f.name for f in binds)
+        print(f"bind: {collect_bind(binds)} finished runs from {names}")
     premise = part("premise2")
     if premise is not None:
         print(f"premise2: {collect_premise(premise)} finished runs from {premise.name}")

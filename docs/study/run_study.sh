@@ -15,6 +15,9 @@
 #   runs/bind                    the penalty where it binds: l2-lora and fw-lora (max) at target
 #                                ratios 1, 3, 10, seeds 1-10 (seed-major); plain LoRA is the
 #                                first round's (same recipe, seeds, torch: the runs reproduce)
+#   runs/bind-b                  optional: the same runs, seeds 10 down to 6, in a second process
+#                                when a core is free (collect.py joins the parts, a run done
+#                                twice is the same run and is kept once)
 #   runs/bind-sum                optional: fw-lora (sum) at the same targets
 #   runs/premise2                the premise test on one all-adapter model per seed, five arms
 #                                (TOP, RANDOM, TYPE, LAYER, BOTTOM), ranked by F_m, seeds 1-10
@@ -53,6 +56,9 @@ case "${1:-all}" in
     part bind sweep --methods fw-lora,l2-lora --normalizations max "${ROUND2[@]}" ;;&
   round2|premise2)
     part premise2 targeting --rank-by fisher "${PREMISE2[@]}" ;;&
+  bind-b)
+    part bind-b sweep --methods fw-lora,l2-lora --normalizations max --target-ratios 1,3,10 \
+      --seeds 10,9,8,7,6 ;;
   bind-sum)
     part bind-sum sweep --methods fw-lora --normalizations sum "${ROUND2[@]}" ;;
   premise2-pw)
