@@ -62,6 +62,11 @@ def collect_bind(folders: list[Path]) -> int:
 
 
 def collect_premise(folder: Path) -> int:
+    finished_doc = folder / targeting.TARGETING_FILE
+    if finished_doc.is_file():  # the experiment finished and wrote its own document
+        doc = json.loads(finished_doc.read_text())
+        (OUT / "targeting.json").write_text(json.dumps(doc, indent=1) + "\n")
+        return len(finished(folder))
     plan = yaml.safe_load((folder / "experiment.yaml").read_text())["runs"]
     first = with_added_settings(plan[0])
     k = len(first["trainable_modules"])
