@@ -130,7 +130,8 @@ def _premise_answer(p: dict[str, Any]) -> str:
         parts.append(
             f"ranked by {ranking} ({len(section['seeds_complete'])} seeds complete), "
             + "; ".join(
-                f"TOP − {ARM_TEXT[c]} {comparison(comps[f'top_minus_{c}']['acc'])}"
+                f"TOP − {ARM_TEXT[c]}: accuracy {comparison(comps[f'top_minus_{c}']['acc'])}, "
+                f"macro-F1 {comparison(comps[f'top_minus_{c}']['macro_f1'])}"
                 for c in ("type", "layer", "random", "bottom")
             )
         )
@@ -141,7 +142,7 @@ def _premise_answer(p: dict[str, Any]) -> str:
     )
     return (
         f"<b>The premise test</b> (plain LoRA training only {p['k']} of the {p['matrices']} "
-        "matrices, all arms of a seed one model with the others frozen at zero; accuracy): "
+        "matrices, all arms of a seed one model with the others frozen at zero): "
         + ". ".join(parts)
         + f". The F<sub>m</sub> ranking is stable across seeds (Spearman mean "
         f"{p['spearman_mean']:.2f}, min {p['spearman_min']:.2f}). Matrices each control "
@@ -323,7 +324,9 @@ def build(site: Path) -> Path:
         body += f"<p>Round 2: {r['never']} of {r['runs']} runs never predict “neutral”.</p>"
     body += (
         "<p>How to read the tables: Δ is the mean paired difference over seeds with its 95 % "
-        "t-interval. <i>different</i>: the paired t-test rejects Δ = 0; <i>equivalent</i>: the "
+        "t-interval (unadjusted; the verdicts use Holm-adjusted p-values, so an interval that "
+        "just excludes 0 can still read inconclusive). <i>different</i>: the paired t-test "
+        "rejects Δ = 0; <i>equivalent</i>: the "
         f"two one-sided tests (TOST) place Δ inside ±{n['margin']:g}; otherwise "
         "<i>inconclusive</i>. Both tests are Holm-adjusted over their family (its size is "
         "stated). The MDE is a planning figure (the smallest Δ a paired t-test at 0.05 detects "
