@@ -87,7 +87,7 @@ def test_a_failure_before_any_checkpoint_leaves_no_folder_behind(
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(train_module, "_train_step", broken)
+    monkeypatch.setattr(train_module, "train_step", broken)
     with pytest.raises(RuntimeError, match="boom"):
         _train(tiny, tmp_path / "a" / "out")
     assert list(tmp_path.iterdir()) == []
@@ -128,7 +128,7 @@ def test_the_run_is_written_beside_its_output_and_moved_into_place(tiny, tmp_pat
 
 
 def _interrupt_at_step(monkeypatch, n):
-    real = train_module._train_step
+    real = train_module.train_step
     calls = {"n": 0}
 
     def step(*args, **kwargs):
@@ -137,7 +137,7 @@ def _interrupt_at_step(monkeypatch, n):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_step", step)
+    monkeypatch.setattr(train_module, "train_step", step)
 
 
 def test_interrupted_overwrite_before_a_checkpoint_keeps_the_old_output(
@@ -220,7 +220,7 @@ def test_peak_memory_is_measured_per_run():
 
 
 def test_a_failure_after_a_checkpoint_keeps_it_and_says_where(tiny, tmp_path, monkeypatch, capsys):
-    real = train_module._train_step
+    real = train_module.train_step
     calls = {"n": 0}
 
     def step(*args, **kwargs):
@@ -229,7 +229,7 @@ def test_a_failure_after_a_checkpoint_keeps_it_and_says_where(tiny, tmp_path, mo
             raise RuntimeError("out of memory")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_step", step)
+    monkeypatch.setattr(train_module, "train_step", step)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="out of memory"):
         _train(tiny, out)

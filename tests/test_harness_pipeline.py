@@ -339,7 +339,7 @@ def test_evaluate_final_resumes_an_interrupted_run_like_an_uninterrupted_one(
     reference = run_experiment([cfg], tmp_path / "reference", n_resamples=100).runs[0]
     per_epoch = reference["epochs"][0]["global_step"]
 
-    _interrupt_at_call(monkeypatch, "_train_step", per_epoch + 2)
+    _interrupt_at_call(monkeypatch, "train_step", per_epoch + 2)
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         run_experiment([cfg], out)
