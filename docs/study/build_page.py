@@ -103,8 +103,8 @@ def _round2_answer(r2: dict[str, Any]) -> str:
     cost = {(c["method"], c["target"]): c for c in r2["cost"]}
     l2 = [cost[k] for k in sorted(cost) if k[0] == "l2-lora"]
     text = (
-        f"<b>Round 2, the penalty where it binds</b> (targets 1, 3, 10; seeds "
-        f"{', '.join(map(str, r2['seeds']))} so far of {PLANNED_SEEDS}): l2-lora reaches a median "
+        f"<b>Round 2, the penalty where it binds</b> (targets 1, 3, 10; {_seeds(r2['seeds'])}): "
+        "l2-lora reaches a median "
         "achieved ratio of "
         + ", ".join(f"{c['achieved_ratio']:.3f}" for c in l2)
         + " and costs, against plain LoRA, "
@@ -121,6 +121,12 @@ def _round2_answer(r2: dict[str, Any]) -> str:
     else:
         text += "No achieved strength is reached by both methods on two seeds yet."
     return text
+
+
+def _seeds(seeds: list[int]) -> str:
+    if len(seeds) >= PLANNED_SEEDS:
+        return f"{len(seeds)} seeds"
+    return f"seeds {', '.join(map(str, seeds))} so far of {PLANNED_SEEDS}"
 
 
 def _premise_answer(p: dict[str, Any]) -> str:
