@@ -273,23 +273,6 @@ def test_user_hooks_run_once_per_step_in_order(kind):
     assert calls == ["pre", "post"] * 3
 
 
-@pytest.mark.parametrize("kind", ["fisher-adamw-lam0", "fisher-adamw-penalised"])
-def test_a_closure_is_evaluated_with_gradients_enabled(kind):
-    model = tiny_lora_model()
-    opt, fw = _setup(kind, model)
-    for batch in batches(WARMUP + 2):
-
-        def closure(batch=batch):
-            opt.zero_grad()
-            loss = loss_of(model, batch)
-            loss.backward()
-            return loss
-
-        loss = opt.step(closure)
-        assert torch.isfinite(loss)
-    assert fw.step == WARMUP + 2
-
-
 def test_attach_fisher_refuses_a_closure_naming_the_way_out():
     model = tiny_lora_model()
     opt, _ = _setup("adamw+attach", model)
