@@ -4,7 +4,7 @@ The examples of one page run in order in one namespace (a page's later example u
 objects of its earlier ones), after a prelude that supplies what the page leaves to the
 reader: `model` (a tiny peft LoRA model), `train_ds`, `args`, `loader`, `path`. The only edits
 are listed in SUBSTITUTIONS, each with its reason; the examples that need several processes
-are in NEEDS_RANKS and are compiled only (tests/test_fsdp2.py runs the same calls under
+are in NEEDS_RANKS and are compiled only (tests/distributed/test_fsdp2.py runs the same calls under
 torchrun)."""
 
 from __future__ import annotations

@@ -233,3 +233,20 @@ def as_written_before(out, keys, fmt):
             del metrics["config"][key]
         path.write_text(json.dumps(metrics))
     return plan
+
+
+def reference_sq_norms(model, batch):
+    """‖∂L/∂W_m‖² by turning requires_grad on for every W_m (what the hooks avoid)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    for m in layers:
+        m.base_layer.weight.requires_grad_(True)
+    model.zero_grad()
+    loss_of(model, batch).backward()
+    values = [m.base_layer.weight.grad.pow(2).sum().item() for m in layers]
+    for m in layers:
+        m.base_layer.weight.requires_grad_(False)
+        m.base_layer.weight.grad = None
+    model.zero_grad()
+    return values

@@ -1,6 +1,6 @@
 """Builds docs/study/index.html (and images/, figures/, data/page_numbers.json) from the
 committed data in docs/study/data/ alone: every number on the page comes from
-`study.numbers`, which `tests/test_study_page.py` recomputes and checks against the page.
+`study.numbers`, which `tests/harness/test_study_page.py` recomputes and checks against the page.
 
     python docs/study/build_page.py [docs/study]
 

@@ -1,7 +1,8 @@
 """Copies what round 2 of the study has finished so far into docs/study/data/round2/:
 
     bind_metrics.json   every finished run of runs/bind (the penalty where it binds)
-    targeting.json      the premise test's document over its finished runs (runs/premise2),
+    targeting.json      the premise test's document over its finished runs (runs/premise2,
+                        premise2-x: seeds 11-14; premise2-pw, premise2-pw-b: per weight),
                         with every seed's F_m and every arm's set, size, steps, accuracy,
                         macro-F1, recall and confusion matrix
     warmups.json        each seed's warm-up F_m (deterministic; cached here so a partial
@@ -61,13 +62,31 @@ def collect_bind(folders: list[Path]) -> int:
     return len(runs)
 
 
-def collect_premise(folder: Path) -> int:
-    finished_doc = folder / targeting.TARGETING_FILE
-    if finished_doc.is_file():  # the experiment finished and wrote its own document
-        doc = json.loads(finished_doc.read_text())
-        (OUT / "targeting.json").write_text(json.dumps(doc, indent=1) + "\n")
-        return len(finished(folder))
-    plan = yaml.safe_load((folder / "experiment.yaml").read_text())["runs"]
+def _warmups(base: Any, data: Any, seeds: list[int]) -> dict[int, dict[str, float]]:
+    """Each seed's warm-up F_m, from the cache (computed and cached when missing)."""
+    cache = OUT / "warmups.json"
+    fisher = (
+        {int(s): f for s, f in json.loads(cache.read_text()).items()} if cache.is_file() else {}
+    )
+    for seed in seeds:
+        if seed not in fisher:
+            print(f"warm-up seed {seed}", flush=True)
+            fisher[seed] = targeting.warmup_fisher(base.replace(seed=seed), data)
+            cache.write_text(json.dumps({str(s): f for s, f in sorted(fisher.items())}) + "\n")
+    return fisher
+
+
+def collect_premise(folders: list[Path]) -> int:
+    """One targeting.json over every part of the premise test (both rankings, all seeds),
+    rebuilt from the parts' plans, the warm-ups and the finished runs (a run done by two
+    parts is the same run, kept once). A (seed, ranking) no part planned has its sets drawn
+    (they depend only on the warm-up) and no finished run: it is left out of the tests and
+    counted in `seeds_complete`."""
+    plan = [
+        run
+        for folder in folders
+        for run in yaml.safe_load((folder / "experiment.yaml").read_text())["runs"]
+    ]
     first = with_added_settings(plan[0])
     k = len(first["trainable_modules"])
     labels = {run["variant"] for run in plan}
@@ -77,16 +96,8 @@ def collect_premise(folder: Path) -> int:
     )
     data = preflight([base])[data_key(base)]
     matrices = targeting.adaptable_matrices(base, data.num_labels)
-    cache = OUT / "warmups.json"
-    fisher = (
-        {int(s): f for s, f in json.loads(cache.read_text()).items()} if cache.is_file() else {}
-    )
     seeds = sorted({run["seed"] for run in plan})
-    for seed in seeds:
-        if seed not in fisher:
-            print(f"warm-up seed {seed}", flush=True)
-            fisher[seed] = targeting.warmup_fisher(base.replace(seed=seed), data)
-            cache.write_text(json.dumps({str(s): f for s, f in sorted(fisher.items())}) + "\n")
+    fisher = _warmups(base, data, seeds)
     draws = {}
     planned = {(run["variant"], run["seed"]): sorted(run["trainable_modules"]) for run in plan}
     for seed in seeds:
@@ -95,13 +106,18 @@ def collect_premise(folder: Path) -> int:
             draw = targeting.choose_sets(score, matrices, k, base.rank, seed)
             for which, names in draw.sets().items():
                 label = targeting.set_label(which, k, ranking)
-                if planned[(label, seed)] != sorted(names):
+                if planned.get((label, seed), sorted(names)) != sorted(names):
                     raise SystemExit(f"seed {seed} {label}: the warm-up chose other matrices")
             draws[(seed, ranking)] = draw
-    fisher_plan = targeting.Plan(k, rank_by, matrices, fisher, draws, [])
-    runs = finished(folder)
-    doc = targeting.analyse(fisher_plan, runs)
-    doc["partial"] = {"finished_runs": len(runs), "planned_runs": len(plan)}
+    fisher_plan = targeting.Plan(k, rank_by, matrices, {s: fisher[s] for s in seeds}, draws, [])
+    runs: dict[str, dict[str, Any]] = {}
+    for folder in folders:
+        for run in finished(folder):
+            runs.setdefault(run["run"], run)
+    doc = targeting.analyse(fisher_plan, list(runs.values()))
+    unique_plan = {(run["variant"], run["seed"]) for run in plan}
+    if len(runs) < len(unique_plan):
+        doc["partial"] = {"finished_runs": len(runs), "planned_runs": len(unique_plan)}
     (OUT / "targeting.json").write_text(json.dumps(doc, indent=1) + "\n")
     return len(runs)
 
@@ -112,9 +128,14 @@ def main(argv: list[str]) -> None:
     if binds:
         names = ", ".join(f.name for f in binds)
         print(f"bind: {collect_bind(binds)} finished runs from {names}")
-    premise = part("premise2")
-    if premise is not None:
-        print(f"premise2: {collect_premise(premise)} finished runs from {premise.name}")
+    premises = [
+        f
+        for f in (part(n) for n in ("premise2", "premise2-x", "premise2-pw", "premise2-pw-b"))
+        if f is not None
+    ]
+    if premises:
+        names = ", ".join(f.name for f in premises)
+        print(f"premise: {collect_premise(premises)} finished runs from {names}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,11 @@
 #   runs/bind-sum                optional: fw-lora (sum) at the same targets
 #   runs/premise2                the premise test on one all-adapter model per seed, five arms
 #                                (TOP, RANDOM, TYPE, LAYER, BOTTOM), ranked by F_m, seeds 1-10
-#   runs/premise2-pw             optional: the same ranked by F_m/(in·out)
+#   runs/premise2-pw             the same ranked by F_m/(in·out), seeds 1-10
+#   runs/premise2-pw-b           optional: the same, seeds 10 down to 6, in a second process
+#                                (collect.py joins the parts; a run done twice is kept once)
+#   runs/premise2-x              seeds 11-14 of the premise test ranked by F_m: the issue asks
+#                                for more seeds when TOP - TYPE's interval is wider than ±0.01
 # Logs: runs/<part>.log. Aggregate and rebuild the page: docs/study/aggregate.sh
 # Stop: kill PID (any signal; the part is continued by the next start of this script).
 set -u
@@ -63,6 +67,11 @@ case "${1:-all}" in
     part bind-sum sweep --methods fw-lora --normalizations sum "${ROUND2[@]}" ;;
   premise2-pw)
     part premise2-pw targeting --rank-by per-weight "${PREMISE2[@]}" ;;
+  premise2-pw-b)
+    part premise2-pw-b targeting --rank-by per-weight --k 9 --seeds 10,9,8,7,6 \
+      --evaluate final ;;
+  premise2-x)
+    part premise2-x targeting --rank-by fisher --k 9 --seeds 11,12,13,14 --evaluate final ;;
   sweep|all)
     part study-a sweep "${GRID[@]}" --seeds 1,3,5,7,9
     part study-b sweep "${GRID[@]}" --seeds 2,4,6,8,10 ;;&

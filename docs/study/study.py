@@ -1,6 +1,6 @@
 """Every number of the study page (docs/study/index.html), computed from the committed data
 in docs/study/data/ with the harness's own statistics. `build_page.py` renders these
-numbers; `tests/test_study_page.py` recomputes them and checks the page states them.
+numbers; `tests/harness/test_study_page.py` recomputes them and checks the page states them.
 
     round 1 (data/metrics.json): the λ sweep at weak strengths (targets 0.03, 0.1, 0.3),
         lora, l2-lora, fw-lora (sum, max), seeds 1-10;

@@ -20,7 +20,8 @@ from fwlora.integrations.common import (
     save_importances,
 )
 from fwlora.optim.adamw import FisherAdamW
-from fwlora.optim.distributed import SHARDING_HINT, sharding_refusal
+from fwlora.optim.launcher import sharding_refusal
+from fwlora.optim.sharding import SHARDING_HINT
 from fwlora.optim.weighting import FisherWeighting
 
 _PEFT_PREFIX = "base_model.model."

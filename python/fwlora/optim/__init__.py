@@ -1,11 +1,6 @@
 """FW-LoRA optimizers: FisherAdamW, and FisherWeighting for any other torch optimizer.
 
-Modules, one job each: options (every option, defined and validated once), targets (which
-LoRA matrices), statistics (warm-up gradient statistics from hooks), adapter_estimate (the
-hook-free estimate from the LoRA gradients), penalty (the weighted
-penalty's gradient), strength (how strongly it acts), decoupled (the decoupled-decay
-reading), distributed (ranks), checkpoint (the state_dict entry), weighting (the mechanism),
-adamw (FisherAdamW).
+Each module has one job; ARCHITECTURE.md (at the repository root) is the map of them.
 """
 
 from fwlora.optim.adamw import FisherAdamW, adamw_param_groups

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from fwlora.optim.checkpoint import require_entry, with_entry, without_entry
 from fwlora.optim.options import DEFAULTS, FisherOptions, plain_number
 from fwlora.optim.readouts import ReadOuts
 from fwlora.optim.weighting import FisherWeighting
@@ -168,6 +167,8 @@ class FisherAdamW(ReadOuts, torch.optim.AdamW):
             fused=fused,
         )
         fisher_weighting.bind(self)
+        # FW-LoRA's state travels in this optimizer's own state dict, by torch's hooks.
+        self._fwlora_state_hooks = fisher_weighting.hook_state_dict(self)
         self.fisher_weighting = fisher_weighting
 
     @torch.no_grad()
@@ -205,13 +206,3 @@ class FisherAdamW(ReadOuts, torch.optim.AdamW):
             "model's LoRA modules. Save optimizer.state_dict() (torch.save) and load it into a "
             "FisherAdamW built over the (copied) model with load_state_dict()"
         )
-
-    # State -------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return with_entry(super().state_dict(), self.fisher_weighting.state_dict())
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        fisher_state = require_entry(state_dict, "FisherAdamW")
-        core = self.fisher_weighting.validate_state_dict(fisher_state)
-        super().load_state_dict(without_entry(state_dict))
-        self.fisher_weighting._commit_load(fisher_state, core)

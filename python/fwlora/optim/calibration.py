@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from fwlora._core import MAX_TARGET_RATIO  # the limit, defined once in the Rust core
-from fwlora.optim.distributed import sq_norm_sum
+from fwlora.optim.collectives import sq_norm_sum
 
 # ‖∇P‖/‖∇L_task‖ at the calibration step when lam="auto" and no target_ratio is given; see
 # docs/method.md for the measurements behind it (benches/results/calibration.md).

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fwlora.optim.distributed import is_dtensor
+from fwlora.optim.collectives import is_dtensor
 from fwlora.optim.targets import AdapterMatrix
 
 

@@ -82,7 +82,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils.hooks import RemovableHandle
 
-from fwlora.optim.distributed import is_dtensor
+from fwlora.optim.collectives import is_dtensor
 from fwlora.optim.options import ESTIMATORS
 from fwlora.optim.targets import AdapterMatrix
 

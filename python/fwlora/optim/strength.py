@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fwlora.optim.distributed import sq_norm_sum
+from fwlora.optim.collectives import sq_norm_sum
 
 _CHUNK = 1024
 MEASURE_EVERY = 16  # after the first 16 penalised steps, ‖∇L_task‖ on every 16th

@@ -1,8 +1,8 @@
 """FW-LoRA under FSDP2 (torch.distributed.fsdp.fully_shard), 2 ranks on gloo / CPU.
 
-One torchrun launch of tests/fsdp2_worker.py runs every scenario (module fixture); each test
-below reads its part. Each rank trains on its own data; the DDP run (already supported) is the
-reference. The refusals that need no process group are tested in-process.
+One torchrun launch of fsdp2_worker.py (beside this file) runs every scenario (module
+fixture); each test below reads its part. Each rank trains on its own data; the DDP run
+(already supported) is the reference. The refusals that need no process group are tested in-process.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from fwlora import FisherAdamW
 from fwlora.optim import distributed as fw_dist
+from fwlora.optim import launcher
 from tiny import batches, loss_of, tiny_lora_model
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +49,7 @@ def runs(tmp_path_factory) -> dict:
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
     }
     result_path = tmp / "result.json"
     cmd = [
@@ -210,9 +211,10 @@ def test_dcp_resume_runs_in_lock_step(runs):
     assert result["importance_max_diff"] == 0.0
     assert result["weight_max_diff"] == 0.0
     assert result["ratios"][0] == result["ratios"][1]
-    # torch's own set_optimizer_state_dict drops the top-level entry; the mirror in the first
-    # param group carries it. Without either: refused, not a silent reset.
-    assert result["torch_load_error"] is None and result["torch_step_after_load"] == 3
+    assert not result["entry_in_live_groups"]  # not adopted into the live param groups
+    # torch's own get_/set_optimizer_state_dict carry the entry in the first param group.
+    # Without it: refused, not a silent reset.
+    assert result["torch_step_after_load"] == 3
     assert "no 'fwlora' entry" in (result["plain_load_error"] or "")
 
 
@@ -222,8 +224,8 @@ def test_dcp_resume_runs_in_lock_step(runs):
 def test_accelerate_and_trainer_checkpoints_resume_exactly(runs, scenario, step):
     # accelerate's save_state / load_state (sharded: DCP) and the Trainer's
     # resume_from_checkpoint (its FSDP2 default here: a full optimizer state dict) go through
-    # torch's get_/set_optimizer_state_dict, which drop the top-level "fwlora" entry; its
-    # mirror in the first param group carries the state. Resumed = uninterrupted, bit for bit.
+    # torch's get_/set_optimizer_state_dict, which keep every key of a param group: FW-LoRA's
+    # entry in the first one carries the state. Resumed = uninterrupted, bit for bit.
     result = _ok(runs[scenario])[f"step_{step}"]
     assert result["factor_types"] == [["DTensor"], ["DTensor"]]
     assert result["steps"] == [8, 8]
@@ -235,7 +237,7 @@ def test_accelerate_and_trainer_checkpoints_resume_exactly(runs, scenario, step)
     assert len(resumed) == min(4, 8 - step) and resumed == full[len(full) - len(resumed) :]
     if "step_after_load" in result:
         assert result["step_after_load"] == step
-        assert not result["mirror_in_live_groups"]  # not adopted into the live param groups
+        assert not result["entry_in_live_groups"]  # not adopted into the live param groups
 
 
 @pytest.mark.slow
@@ -280,7 +282,7 @@ def test_fsdp1_wrapper_in_the_model_is_refused():
     ("version", "refused"), [(None, True), ("1", True), ("2", False)], ids=["unset", "1", "2"]
 )
 def test_accelerate_fsdp_launch_flags(monkeypatch, version, refused):
-    monkeypatch.setattr(fw_dist, "_accelerate_shared_state", dict)  # no Accelerator yet
+    monkeypatch.setattr(launcher, "_accelerate_shared_state", dict)  # no Accelerator yet
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     if version is None:
         monkeypatch.delenv("FSDP_VERSION", raising=False)
@@ -305,7 +307,7 @@ def test_accelerate_fsdp_launch_flags(monkeypatch, version, refused):
 def test_trainer_fsdp_on_cpu_falls_back_to_ddp_and_is_accepted(monkeypatch, state, refused):
     """The Trainer sets ACCELERATE_USE_FSDP; on CPU accelerate then runs DDP: nothing is
     sharded, so FW-LoRA works as under DDP (docs/distributed.md)."""
-    monkeypatch.setattr(fw_dist, "_accelerate_shared_state", lambda: state)
+    monkeypatch.setattr(launcher, "_accelerate_shared_state", lambda: state)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.delenv("FSDP_VERSION", raising=False)
     if refused:

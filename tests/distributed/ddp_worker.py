@@ -1,4 +1,4 @@
-"""Run by tests/test_integration_ddp.py under `torchrun --nproc_per_node=2` (gloo, CPU).
+"""Run by tests/distributed/test_integration_ddp.py under `torchrun --nproc_per_node=2` (gloo, CPU).
 
 Trains the tiny LoRA model with transformers.Trainer + FisherAdamW + FisherCallback under
 DistributedDataParallel, each rank on its own shard, with a checkpoint saved mid-warm-up while
@@ -15,7 +15,7 @@ import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
 warnings.simplefilter("ignore")  # third-party noise; the test checks results, not warnings
 
 import torch  # noqa: E402

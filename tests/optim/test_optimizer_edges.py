@@ -185,4 +185,4 @@ def test_state_saved_with_the_same_options_loads_silently():
     sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     fw = attach_fisher(sgd, model, **{**KW, "lam": 0.2})
     with pytest.warns(UserWarning, match=r"lam=0\.5 \(constructed with 0\.2\)"):
-        fw.load_state_dict(opt.state_dict()["fwlora"])
+        fw.load_state_dict(opt.state_dict()["param_groups"][0]["fwlora"])

@@ -1,7 +1,7 @@
 """A tiny fixed-seed FW-LoRA run, bit for bit: per-step losses, final metrics and the frozen
 importances. Refactors of the optimizer or the run loop must leave it unchanged (runs made
 before and after belong to one study). Regenerate only for an intended change in results:
-`python tests/test_golden_run.py --write` (and say why in the commit)."""
+`python tests/harness/test_golden_run.py --write` (and say why in the commit)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_the_golden_run_is_bit_identical(tmp_path):
 if __name__ == "__main__" and "--write" in sys.argv:
     import tempfile
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: tiny.py
     with tempfile.TemporaryDirectory() as tmp:
         GOLDEN.write_text(json.dumps(golden_run(Path(tmp)), indent=1) + "\n")
     print(f"wrote {GOLDEN}")

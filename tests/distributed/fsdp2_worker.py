@@ -1,4 +1,4 @@
-"""Run by tests/test_fsdp2.py under `torchrun --nproc_per_node=2` (gloo, CPU): FW-LoRA on FSDP2.
+"""Run by tests/distributed/test_fsdp2.py under `torchrun --nproc_per_node=2` (gloo, CPU).
 
 One launch runs every scenario (a torchrun start costs more than all of them together); each
 rank trains on its own data. Rank 0 writes {scenario: result} to argv[1] as JSON; argv[2] is a
@@ -17,7 +17,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
 warnings.simplefilter("ignore")  # third-party noise; the test checks results, not warnings
 
 import torch  # noqa: E402
@@ -25,7 +25,9 @@ import torch.distributed as dist  # noqa: E402
 import torch.distributed.checkpoint as dcp  # noqa: E402
 from torch.distributed.checkpoint.state_dict import (  # noqa: E402
     get_model_state_dict,
+    get_optimizer_state_dict,
     set_model_state_dict,
+    set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor, Shard  # noqa: E402
@@ -33,6 +35,7 @@ from torch.distributed.tensor.debug import CommDebugMode  # noqa: E402
 
 from fwlora import FisherAdamW  # noqa: E402
 from fwlora.optim import distributed as fw_dist  # noqa: E402
+from fwlora.optim.checkpoint import take_entry  # noqa: E402
 from fwlora.optim.options import DEFAULTS  # noqa: E402
 from fwlora.optim.penalty import FisherPenalty  # noqa: E402
 from fwlora.optim.targets import find_adapter_matrices  # noqa: E402
@@ -285,8 +288,9 @@ def scenario_resume(rank: int, cache: dict, scratch: Path) -> dict:
     shard(model)
     opt = FisherAdamW(model, **FW)
     train(model, model, opt, batches_, steps=3)
-    optim_state = fw_dist.get_optimizer_state_dict(model, opt)
-    has_entry = isinstance(optim_state.get("fwlora"), str)
+    # torch's own functions: FW-LoRA's state is an entry of the first param group.
+    optim_state = get_optimizer_state_dict(model, opt)
+    has_entry = "fwlora" not in optim_state and "fwlora" in optim_state["param_groups"][0]
     dcp.save({"model": get_model_state_dict(model), "optim": optim_state}, checkpoint_id=ckpt)
 
     model2 = tiny_lora_model(seed=1, dtype=torch.float32)  # other weights: the load must matter
@@ -294,28 +298,24 @@ def scenario_resume(rank: int, cache: dict, scratch: Path) -> dict:
     opt2 = FisherAdamW(model2, **FW)
     state = {
         "model": get_model_state_dict(model2),
-        "optim": fw_dist.get_optimizer_state_dict(model2, opt2),
+        "optim": get_optimizer_state_dict(model2, opt2),
     }
     dcp.load(state, checkpoint_id=ckpt)
     set_model_state_dict(model2, state["model"])
-    fw_dist.set_optimizer_state_dict(model2, opt2, state["optim"])
+    set_optimizer_state_dict(model2, opt2, copy.deepcopy(state["optim"]))
     step_after_load = opt2.fisher_weighting.step
     train(model2, model2, opt2, batches_, first=3)
     result = compare(cache["fsdp2"], summary(model2, opt2))
     result.update(has_entry=has_entry, step_after_load=step_after_load)
+    result["entry_in_live_groups"] = any("fwlora" in g for g in opt2.param_groups)
 
-    # torch's own set_optimizer_state_dict drops the top-level entry: the mirror in the first
-    # param group carries it. Without the mirror too: refused, not silently reset.
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-    from fwlora.optim.checkpoint import without_entry
-
-    torch_only = {k: v for k, v in state["optim"].items() if k != "fwlora"}
-    set_optimizer_state_dict(model2, opt2, copy.deepcopy(torch_only))
-    result["torch_load_error"] = None
+    # Loaded again (the deep copy kept the checkpoint's state): back to step 3. Without the
+    # entry: refused, not silently reset.
+    set_optimizer_state_dict(model2, opt2, copy.deepcopy(state["optim"]))
     result["torch_step_after_load"] = opt2.fisher_weighting.step
+    _, without = take_entry(copy.deepcopy(state["optim"]), "the test")
     try:
-        set_optimizer_state_dict(model2, opt2, without_entry(torch_only))
+        set_optimizer_state_dict(model2, opt2, without)
         result["plain_load_error"] = None
     except ValueError as exc:
         result["plain_load_error"] = str(exc)
@@ -530,7 +530,7 @@ def scenario_accelerate_fsdp2_resume(rank: int, cache: dict, scratch: Path) -> d
         result[f"step_{step}"] = {
             **compare(full, summary(fresh, fresh_opt)),
             "step_after_load": step_after_load,
-            "mirror_in_live_groups": any("fwlora" in g for g in fresh_opt.param_groups),
+            "entry_in_live_groups": any("fwlora" in g for g in fresh_opt.param_groups),
         }
     reset_accelerate()
     return result

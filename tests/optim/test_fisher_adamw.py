@@ -9,7 +9,6 @@ import torch
 
 from fwlora import FisherAdamW, adamw_param_groups, find_adapter_matrices
 from fwlora.optim.penalty import FisherPenalty
-from fwlora.optim.strength import PenaltyStrength
 from reference import ReferenceFWLoRA
 from tiny import batches, loss_of, tiny_lora_model
 
@@ -130,8 +129,7 @@ def test_penalty_grad_ratio_measured_on_documented_steps():
     data = batches(9)
     ours, theirs = tiny_lora_model(seed=6), tiny_lora_model(seed=6)
     kw = {"lr": 5e-3, "weight_decay": 0.01, "warmup": 2, "lam": 0.05}
-    opt = FisherAdamW(ours, **kw)
-    opt.fisher_weighting.strength = PenaltyStrength(every=3)
+    opt = FisherAdamW(ours, ratio_every=3, **kw)
     ref = ReferenceFWLoRA(theirs, **kw)
     for t, batch in enumerate(data, start=1):
         if t == 7:

@@ -134,7 +134,7 @@ def test_decoupled_state_cannot_be_loaded_into_sgd():
     fw = attach_fisher(sgd, model, warmup=2)
     before = fw.state_dict()
     with pytest.raises(ValueError, match="decoupled"):
-        fw.load_state_dict(saved["fwlora"])
+        fw.load_state_dict(saved["param_groups"][0]["fwlora"])
     assert fw.state_dict() == before and fw.options.penalty == "coupled"
 
 

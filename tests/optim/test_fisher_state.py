@@ -67,7 +67,7 @@ def test_state_from_other_lora_matrices_is_refused_and_changes_nothing():
     with pytest.raises(ValueError, match="state_dict: saved for other LoRA matrices"):
         other_opt.load_state_dict(opt.state_dict())
     after = other_opt.state_dict()
-    assert after["fwlora"] == before["fwlora"]
+    assert after["param_groups"][0]["fwlora"] == before["param_groups"][0]["fwlora"]
     assert after["param_groups"] == before["param_groups"]
 
 
@@ -87,7 +87,8 @@ def test_attached_weighting_round_trips_through_optimizer_hooks():
     for batch in data[:2]:
         _step(model, sgd, batch)
     state = copy.deepcopy(sgd.state_dict())
-    assert state["fwlora"]["core"]["step"] == 2
+    assert "fwlora" not in state  # one copy, in the first param group
+    assert state["param_groups"][0]["fwlora"]["core"]["step"] == 2
     clone = copy.deepcopy(model)
     sgd2 = torch.optim.SGD([p for p in clone.parameters() if p.requires_grad], lr=0.05)
     fw2 = attach_fisher(sgd2, clone, warmup=3, lam=0.2)
@@ -113,7 +114,7 @@ def test_deep_copied_model_does_not_feed_the_original():
 @pytest.mark.parametrize("attached", [False, True])
 def test_torch_distributed_checkpoint_functions_resume_exactly(tmp_path, split, attached):
     """torch's get_/set_optimizer_state_dict (what accelerate and the Trainer call under
-    FSDP2) keep only `state` and `param_groups`: the entry's mirror in the first param group
+    FSDP2) keep only `state` and `param_groups`: FW-LoRA's entry in the first param group
     goes through them and a DCP save / load, and the resumed run equals the uninterrupted
     one. No warning on the way (filterwarnings=error): torch's zero-gradient initialisation
     step of the fresh optimizer is not a warm-up step with nothing measured."""
@@ -136,8 +137,8 @@ def test_torch_distributed_checkpoint_functions_resume_exactly(tmp_path, split, 
     for batch in data[:split]:
         _step(model, opt, batch)
     saved = get_optimizer_state_dict(model, opt)
-    assert "fwlora" not in saved  # torch drops the top-level entry ...
-    assert isinstance(saved["param_groups"][0]["fwlora"], str)  # ... not the mirror
+    assert set(saved) == {"state", "param_groups"}
+    assert saved["param_groups"][0]["fwlora"]["core"]["step"] == split
     dcp.save({"optim": saved}, checkpoint_id=tmp_path / "ckpt", no_dist=True)
 
     clone = copy.deepcopy(model)
@@ -151,4 +152,7 @@ def test_torch_distributed_checkpoint_functions_resume_exactly(tmp_path, split, 
         _step(clone, resumed, batch)
     for (name, p), q in zip(model.named_parameters(), clone.parameters()):
         assert torch.equal(p, q), name
-    assert resumed.state_dict()["fwlora"] == opt.state_dict()["fwlora"]
+    assert (
+        resumed.state_dict()["param_groups"][0]["fwlora"]
+        == opt.state_dict()["param_groups"][0]["fwlora"]
+    )

@@ -38,7 +38,7 @@ def test_torchrun_two_ranks_freeze_the_same_importances(tmp_path):
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
     }
     result_path, output_dir = tmp_path / "result.json", tmp_path / "run"
     cmd = [

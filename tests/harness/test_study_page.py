@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SITE = Path(__file__).resolve().parents[1] / "docs" / "study"
+SITE = Path(__file__).resolve().parents[2] / "docs" / "study"
 sys.path.insert(0, str(SITE))
 
 import build_page  # noqa: E402

@@ -15,8 +15,7 @@ from accelerate.optimizer import AcceleratedOptimizer
 from fwlora import FisherAdamW, adamw_param_groups, attach_fisher
 from fwlora.integrations import find_fisher_weighting, save_importances, use_accelerator_settings
 from integration_helpers import reset_accelerate
-from test_statistics import reference_sq_norms
-from tiny import batches, loss_of, tiny_lora_model
+from tiny import batches, loss_of, reference_sq_norms, tiny_lora_model
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +76,7 @@ def test_accumulation_counts_optimizer_steps_and_measures_the_accumulated_gradie
     assert fw.step == 2 and fw.phase == "frozen"
     # The state travels through the wrapper's state_dict, and loads back through it.
     state = copy.deepcopy(opt.state_dict())
-    assert state["fwlora"]["core"]["step"] == 2
+    assert state["param_groups"][0]["fwlora"]["core"]["step"] == 2
     clone = copy.deepcopy(reference)
     other = accelerator.prepare(FisherAdamW(clone, lr=0.0, warmup=2, alpha=0.5))
     other.load_state_dict(state)

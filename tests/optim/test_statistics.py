@@ -10,7 +10,7 @@ from scipy.stats import spearmanr
 
 from fwlora import FisherAdamW
 from fwlora.optim.statistics import exact_sq_norm, sketch_sq_norm
-from tiny import batches, loss_of, tiny_lora_model
+from tiny import batches, loss_of, reference_sq_norms, tiny_lora_model
 
 
 @given(
@@ -40,23 +40,6 @@ def test_sketch_is_unbiased():
     )
     # Mean of 4000 draws: standard error ≈ sqrt(2/8)/sqrt(4000) ≈ 0.8 % of the exact value.
     assert float(draws.mean() / exact) == pytest.approx(1.0, abs=0.04)
-
-
-def reference_sq_norms(model, batch):
-    """‖∂L/∂W_m‖² by turning requires_grad on for every W_m (what the hooks avoid)."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    for m in layers:
-        m.base_layer.weight.requires_grad_(True)
-    model.zero_grad()
-    loss_of(model, batch).backward()
-    values = [m.base_layer.weight.grad.pow(2).sum().item() for m in layers]
-    for m in layers:
-        m.base_layer.weight.requires_grad_(False)
-        m.base_layer.weight.grad = None
-    model.zero_grad()
-    return values
 
 
 def test_hooks_record_exact_weight_gradient_norms():
