@@ -16,12 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from fwlora import FisherAdamW
-from fwlora.optim import distributed as fw_dist
-from fwlora.optim import launcher
-from tiny import batches, loss_of, tiny_lora_model
 
 HERE = Path(__file__).resolve().parent
 WEIGHT_TOL = 1e-5  # fp32, 8 steps: the issue's bound
@@ -246,86 +240,3 @@ def test_non_fsdp2_dtensor_layouts_are_refused(runs):
     assert result["fsdp_like"] is None  # one Shard on a mesh over every rank: accepted
     assert "not tensor parallelism" in result["two_shards"]
     assert "device mesh of 1 of the 2 ranks" in result["part_of_world"]
-
-
-# ---------------------------------------------------------------- in-process refusals
-def test_fsdp1_flat_parameters_are_refused():
-    model = tiny_lora_model()
-    opt = FisherAdamW(model, warmup=2)
-    first = opt.fisher_weighting.matrices[0]
-    # How FSDP1 marks every parameter it flattens (FSDP1 needs an accelerator to build).
-    first.lora_B._fsdp_flattened = True
-    try:
-        with pytest.raises(ValueError, match=r"FSDP: .* FSDP1 .*FSDP2 \(fully_shard\)"):
-            FisherAdamW(model, warmup=2)
-        loss_of(model, batches(1)[0]).backward()
-        with pytest.raises(ValueError, match=r"FSDP: .* FSDP1"):  # wrapped after building
-            opt.step()
-    finally:
-        del first.lora_B._fsdp_flattened
-
-
-def test_fsdp1_wrapper_in_the_model_is_refused():
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    model = tiny_lora_model()
-    # An FSDP1 wrapper in the module tree (a real one needs an accelerator to build).
-    wrapper = FullyShardedDataParallel.__new__(FullyShardedDataParallel)
-    torch.nn.Module.__init__(wrapper)
-    model.base_model.model.add_module("fsdp1", wrapper)
-    with pytest.raises(ValueError, match=r"FSDP: the model is wrapped by FSDP1"):
-        fw_dist.check_model(model)
-    fw_dist.check_model(tiny_lora_model())  # a plain peft model passes
-
-
-@pytest.mark.parametrize(
-    ("version", "refused"), [(None, True), ("1", True), ("2", False)], ids=["unset", "1", "2"]
-)
-def test_accelerate_fsdp_launch_flags(monkeypatch, version, refused):
-    monkeypatch.setattr(launcher, "_accelerate_shared_state", dict)  # no Accelerator yet
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    if version is None:
-        monkeypatch.delenv("FSDP_VERSION", raising=False)
-    else:
-        monkeypatch.setenv("FSDP_VERSION", version)
-    if refused:
-        with pytest.raises(ValueError, match=r"FSDP: not supported .*use fsdp_version 2"):
-            FisherAdamW(tiny_lora_model(), warmup=2)
-    else:
-        FisherAdamW(tiny_lora_model(), warmup=2)  # FSDP2: accepted
-
-
-@pytest.mark.parametrize(
-    ("state", "refused"),
-    [
-        ({"distributed_type": "MULTI_CPU"}, False),  # accelerate fell back to DDP (CPU)
-        ({"distributed_type": "FSDP", "fsdp_plugin": type("P", (), {"fsdp_version": 1})}, True),
-        ({"distributed_type": "FSDP", "fsdp_plugin": type("P", (), {"fsdp_version": 2})}, False),
-    ],
-    ids=["fell-back-to-ddp", "fsdp1", "fsdp2"],
-)
-def test_trainer_fsdp_on_cpu_falls_back_to_ddp_and_is_accepted(monkeypatch, state, refused):
-    """The Trainer sets ACCELERATE_USE_FSDP; on CPU accelerate then runs DDP: nothing is
-    sharded, so FW-LoRA works as under DDP (docs/distributed.md)."""
-    monkeypatch.setattr(launcher, "_accelerate_shared_state", lambda: state)
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    monkeypatch.delenv("FSDP_VERSION", raising=False)
-    if refused:
-        with pytest.raises(ValueError, match=r"FSDP: not supported with FSDP version 1"):
-            FisherAdamW(tiny_lora_model(), warmup=2)
-    else:
-        FisherAdamW(tiny_lora_model(), warmup=2)
-
-
-def test_deepspeed_is_refused_pointing_to_fsdp2(monkeypatch):
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ValueError, match=r"DeepSpeed: not supported.*FSDP2"):
-        FisherAdamW(tiny_lora_model(), warmup=2)
-
-
-def test_sq_norm_sum_of_plain_tensors():
-    tensors = [torch.tensor([3.0, 4.0]), torch.tensor([[1.0], [2.0]])]
-    total = fw_dist.sq_norm_sum(tensors)
-    assert total is not None and total.dtype == torch.float64
-    assert float(total) == pytest.approx(30.0, rel=1e-6)  # norms in float32, as before
-    assert fw_dist.sq_norm_sum([]) is None

@@ -241,6 +241,32 @@ class _ForwardHook:
         return (_InertHook, ())
 
 
+class SketchProjections:
+    """The sketch's Gaussian Ω (in × k) per input width: fresh at every optimizer step and
+    reproducible from (seed, step, width); only the current step's are kept."""
+
+    def __init__(self, seed: int, sketch_dim: int) -> None:
+        self.seed = seed
+        self.sketch_dim = sketch_dim
+        self._omegas: dict[tuple, torch.Tensor] = {}
+
+    def get(self, in_features: int, inputs: torch.Tensor, step: int) -> torch.Tensor:
+        key = (in_features, inputs.device, inputs.dtype, step)
+        omega = self._omegas.get(key)
+        if omega is None:
+            self._omegas = {k: v for k, v in self._omegas.items() if k[3] == step}
+            gen = torch.Generator(device=inputs.device)
+            gen.manual_seed(self.seed * 1_000_003 + step * 7919 + in_features)
+            omega = torch.randn(
+                in_features, self.sketch_dim, generator=gen, device=inputs.device
+            ).to(inputs.dtype)
+            self._omegas[key] = omega
+        return omega
+
+    def clear(self) -> None:
+        self._omegas.clear()
+
+
 class GradientStatistics:
     """Hooks that collect g_m = ‖∂L/∂W_m‖²_F for every adapted matrix, per optimizer step.
 
@@ -280,7 +306,7 @@ class GradientStatistics:
         self.shared: set[int] = set()  # indices ever seen called more than once per pass
         self._pending: list[torch.Tensor | None] = [None] * len(matrices)
         self._handles: list[RemovableHandle] = []
-        self._omegas: dict[tuple, torch.Tensor] = {}
+        self._projections = SketchProjections(seed, sketch_dim)
         self._calls = [0] * len(matrices)  # forward calls outside backward not yet seen back
         self._passes = [0] * len(matrices)  # backward passes that reached it in this step
         self._warned_passes = False
@@ -315,7 +341,7 @@ class GradientStatistics:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._omegas.clear()
+        self._projections.clear()
         self.reset()
 
     def drop_step(self) -> None:
@@ -462,19 +488,7 @@ class GradientStatistics:
         self._pending[index] = value if previous is None else previous + value
 
     def _omega(self, in_features: int, inputs: torch.Tensor) -> torch.Tensor:
-        step = self._step_of()
-        key = (in_features, inputs.device, inputs.dtype, step)
-        omega = self._omegas.get(key)
-        if omega is None:
-            # Keep only this step's matrices; fresh Ω per step, reproducible from the step.
-            self._omegas = {k: v for k, v in self._omegas.items() if k[3] == step}
-            gen = torch.Generator(device=inputs.device)
-            gen.manual_seed(self.seed * 1_000_003 + step * 7919 + in_features)
-            omega = torch.randn(
-                in_features, self.sketch_dim, generator=gen, device=inputs.device
-            ).to(inputs.dtype)
-            self._omegas[key] = omega
-        return omega
+        return self._projections.get(in_features, inputs, self._step_of())
 
     @torch.no_grad()
     def _on_grad(
@@ -489,19 +503,7 @@ class GradientStatistics:
             self._root = root
         accumulate = self._accumulate.get(index)
         if accumulate is None:
-            # This module's first gradient in this backward pass. Unset LoRA gradients mean
-            # zero_grad(set_to_none=True) ran since its last one: a new optimizer step, so
-            # drop what is left from a step the optimizer never took (GradScaler skip).
-            if _grads_unset(matrix):
-                self._pending[index] = None
-                self._passes[index] = 0
-                self._acc.pop(index, None)
-            self._passes[index] += 1
-            multi_call = self._calls[index] >= 2
-            if multi_call:
-                self.shared.add(index)
-            accumulate = multi_call or self.accumulation_steps > 1
-            self._accumulate[index] = accumulate
+            accumulate = self._accumulate[index] = self._first_grad_of_pass(index, matrix)
         self._calls[index] = max(0, self._calls[index] - 1)
         if inputs is None:  # edited in place since the call (see _Observe.backward)
             self._lost.add(index)
@@ -534,26 +536,45 @@ class GradientStatistics:
         else:
             acc.add_(part)
 
+    def _first_grad_of_pass(self, index: int, matrix: AdapterMatrix) -> bool:
+        """Bookkeeping at a module's first gradient in a backward pass; whether its gradients
+        accumulate (a module called several times per forward, or accumulation_steps > 1).
+
+        Unset LoRA gradients mean zero_grad(set_to_none=True) ran since its last one: a new
+        optimizer step, so what is left from a step the optimizer never took (GradScaler
+        skip) is dropped."""
+        if _grads_unset(matrix):
+            self._pending[index] = None
+            self._passes[index] = 0
+            self._acc.pop(index, None)
+        self._passes[index] += 1
+        multi_call = self._calls[index] >= 2
+        if multi_call:
+            self.shared.add(index)
+        return multi_call or self.accumulation_steps > 1
+
     def _embedding_grad(
-        self,
-        index: int,
-        matrix: AdapterMatrix,
-        ids: torch.Tensor,
-        g: torch.Tensor,
-        accumulate: bool,
+        self, index: int, matrix: AdapterMatrix, ids: torch.Tensor, g: torch.Tensor, acc: bool
     ) -> None:
-        layer: Any = matrix.module  # a peft lora.Embedding (dynamic attributes)
-        base = layer.get_base_layer()
-        scale = layer._get_embed_scale()
-        if scale is not None:
-            g = g * scale.to(g.device, g.dtype)
-        distinct, rows = embedding_rows(g, ids.reshape(-1), base.padding_idx)
-        if not accumulate:
+        distinct, rows, num_embeddings = _embedding_grad_rows(matrix, ids, g)
+        if not acc:
             self._add(index, torch.linalg.vector_norm(rows).square())
             return
-        acc = self._acc.get(index)
-        if acc is None:
-            acc = self._acc[index] = torch.zeros(
-                base.num_embeddings, g.shape[1], dtype=rows.dtype, device=rows.device
-            )
-        acc.index_add_(0, distinct, rows)
+        if index not in self._acc:
+            shape = (num_embeddings, g.shape[1])
+            self._acc[index] = torch.zeros(shape, dtype=rows.dtype, device=rows.device)
+        self._acc[index].index_add_(0, distinct, rows)
+
+
+def _embedding_grad_rows(
+    matrix: AdapterMatrix, ids: torch.Tensor, g: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(distinct ids, their rows of ∂L/∂W, the vocabulary size) of a LoRA Embedding's frozen
+    weight, from the gradient `g` of its output (scaled as the embedding scales its output)."""
+    layer: Any = matrix.module  # a peft lora.Embedding (dynamic attributes)
+    base = layer.get_base_layer()
+    scale = layer._get_embed_scale()
+    if scale is not None:
+        g = g * scale.to(g.device, g.dtype)
+    distinct, rows = embedding_rows(g, ids.reshape(-1), base.padding_idx)
+    return distinct, rows, base.num_embeddings

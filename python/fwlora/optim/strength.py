@@ -5,11 +5,11 @@ FW-LoRA numerically plain LoRA; this ratio makes that visible. Each step's ratio
 device (no host sync) in a growing buffer; reading it syncs once.
 
 Which steps are measured. ‖∇P‖² is free (the penalty's r × r Gram matrices), but ‖∇L_task‖²
-is a pass over every LoRA gradient, so it is taken on the first `MEASURE_EVERY` (16) penalised
-steps and then on every 16th: penalised step j = t − K (t the optimizer step, K the warm-up)
-is measured when j ≤ 16 or j % 16 == 0 (`is_measured`). The first penalised step is always
-measured, and `force_next()` makes the next penalised step measured whatever its number.
-`steps()` lists the measured steps, in the order of `history()`.
+is a pass over every LoRA gradient, so it is taken on the first N penalised steps and then on
+every Nth, N = the `ratio_every` option (default `MEASURE_EVERY`, 16): penalised step j = t − K
+(t the optimizer step, K the warm-up) is measured when j ≤ N or j % N == 0 (`is_measured`).
+The first penalised step is always measured, and `force_next()` makes the next penalised
+step measured whatever its number. `steps()` lists the measured steps, in the order of `history()`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from fwlora.optim.collectives import sq_norm_sum
 
 _CHUNK = 1024
-MEASURE_EVERY = 16  # after the first 16 penalised steps, ‖∇L_task‖ on every 16th
+MEASURE_EVERY = 16  # ratio_every's default: the first 16 penalised steps, then every 16th
 
 
 class PenaltyStrength:

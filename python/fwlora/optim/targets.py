@@ -178,47 +178,9 @@ def find_adapter_matrices(
         if hits:
             used.update(hits)
             continue
-        hint = _EXCLUDE_HINT.format(name=name)
-        if type(module).__name__ in {"SVDLinear", "RankAllocator"} or hasattr(module, "lora_E"):
-            raise ValueError(
-                f"model: {name} is an AdaLoRA layer; FW-LoRA weighs plain LoRA adapters"
-            )
-        kind = _layer_kind(module)
-        if kind is None:
-            raise ValueError(
-                f"model: FW-LoRA weighs LoRA on Linear, quantized Linear and Embedding layers; "
-                f"{name} is {type(module).__module__}.{type(module).__name__}; {hint}"
-            )
-        adapter = _active_adapter(name, module)
-        factors_a = module.lora_A if kind == "linear" else module.lora_embedding_A
-        if adapter not in factors_a:
-            continue
-        variant = _variant_of(module, adapter)
-        if variant is not None:
-            raise ValueError(
-                f"model: {name} uses the LoRA variant {variant} (adapter {adapter!r}), which "
-                "FW-LoRA does not implement (its update is not plain scaling·B·A on every "
-                f"token); use plain LoRA or rsLoRA there, or {hint}"
-            )
-        if kind == "embedding":
-            _check_embedding(name, module, adapter, hint)
-        lora_A, lora_B = lora_factors(module, adapter, kind)
-        if getattr(module, "tp_layer", None) is not None:
-            raise ValueError(f"model: {name} is tensor-parallel; {hint}")
-        matrices.append(
-            AdapterMatrix(
-                name=name,
-                module=module,
-                lora_A=lora_A,
-                lora_B=lora_B,
-                scaling=float(module.scaling[adapter]),
-                in_features=lora_A.shape[1],
-                out_features=lora_B.shape[0],
-                adapter=adapter,
-                kind=kind,
-                base_reachable_outside=_reachable_outside(module, paths),
-            )
-        )
+        matrix = _adapter_matrix(name, module, paths)
+        if matrix is not None:
+            matrices.append(matrix)
     unused = [p for p in patterns if p not in used]
     if unused:
         raise ValueError(f"exclude: {unused} match no LoRA layer of the model")
@@ -230,6 +192,48 @@ def find_adapter_matrices(
         )
     _warn_shared_weights(model, matrices)
     return matrices
+
+
+def _adapter_matrix(name: str, module: Any, paths: dict[int, list[str]]) -> AdapterMatrix | None:
+    """The AdapterMatrix of LoRA layer `name` for its active adapter (None when that adapter
+    does not adapt it); ValueError for a layer FW-LoRA cannot weigh exactly."""
+    hint = _EXCLUDE_HINT.format(name=name)
+    if type(module).__name__ in {"SVDLinear", "RankAllocator"} or hasattr(module, "lora_E"):
+        raise ValueError(f"model: {name} is an AdaLoRA layer; FW-LoRA weighs plain LoRA adapters")
+    kind = _layer_kind(module)
+    if kind is None:
+        raise ValueError(
+            f"model: FW-LoRA weighs LoRA on Linear, quantized Linear and Embedding layers; "
+            f"{name} is {type(module).__module__}.{type(module).__name__}; {hint}"
+        )
+    adapter = _active_adapter(name, module)
+    factors_a = module.lora_A if kind == "linear" else module.lora_embedding_A
+    if adapter not in factors_a:
+        return None  # the active adapter does not adapt this layer
+    variant = _variant_of(module, adapter)
+    if variant is not None:
+        raise ValueError(
+            f"model: {name} uses the LoRA variant {variant} (adapter {adapter!r}), which "
+            "FW-LoRA does not implement (its update is not plain scaling·B·A on every "
+            f"token); use plain LoRA or rsLoRA there, or {hint}"
+        )
+    if kind == "embedding":
+        _check_embedding(name, module, adapter, hint)
+    lora_A, lora_B = lora_factors(module, adapter, kind)
+    if getattr(module, "tp_layer", None) is not None:
+        raise ValueError(f"model: {name} is tensor-parallel; {hint}")
+    return AdapterMatrix(
+        name=name,
+        module=module,
+        lora_A=lora_A,
+        lora_B=lora_B,
+        scaling=float(module.scaling[adapter]),
+        in_features=lora_A.shape[1],
+        out_features=lora_B.shape[0],
+        adapter=adapter,
+        kind=kind,
+        base_reachable_outside=_reachable_outside(module, paths),
+    )
 
 
 def _module_paths(model: nn.Module) -> dict[int, list[str]]:

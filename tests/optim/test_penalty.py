@@ -1,6 +1,5 @@
-"""Unit tests of the penalty's parts on their own: FisherPenalty (gradient, value, measured
-norm, factors without a gradient), PenaltyStrength (which steps it measures, the ratio) and
-the decoupled decay's scaling."""
+"""Unit tests of optim/penalty.py on its own: FisherPenalty's gradient, value and measured
+norm against the definition, and factors without a gradient."""
 
 from __future__ import annotations
 
@@ -8,9 +7,7 @@ import pytest
 import torch
 
 from fwlora import find_adapter_matrices
-from fwlora.optim.decoupled import scale_decoupled_decay
 from fwlora.optim.penalty import FisherPenalty
-from fwlora.optim.strength import PenaltyStrength
 from tiny import tiny_lora_model
 
 
@@ -73,27 +70,3 @@ def test_a_factor_without_gradient_is_neither_penalised_nor_measured(missing):
     if missing in ("B", "both"):
         assert not first.lora_B.grad.any()  # untouched: no penalty added
     assert float(sq) == pytest.approx(measured, rel=1e-9)
-
-
-def test_the_strength_read_out_measures_the_first_steps_then_every_nth():
-    strength = PenaltyStrength(every=4)
-    assert [j for j in range(1, 20) if strength.is_measured(j)] == [1, 2, 3, 4, 8, 12, 16]
-    strength.record(torch.tensor(4.0, dtype=torch.float64), torch.tensor(16.0), step=7)
-    strength.record(torch.tensor(1.0, dtype=torch.float64), None, step=8)
-    assert strength.history() == [0.5, float("inf")] and strength.steps() == [7, 8]
-
-
-def test_decoupled_decay_is_scaled_per_adapter_and_skips_factors_without_gradient():
-    _, matrices = _matrices(seed=2)
-    params = [p for m in matrices for p in (m.lora_A, m.lora_B)]
-    opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.2)
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    matrices[0].lora_A.grad = None  # AdamW neither updates nor decays it
-    before = [p.detach().clone() for p in params]
-    weights = [0.25] * len(matrices)
-    scale_decoupled_decay(opt, matrices, weights, scale=1.0)
-    ratio = (1 - 0.1 * 0.2 * 0.25) / (1 - 0.1 * 0.2)
-    for p, old in zip(params, before):
-        expected = old if p.grad is None else old * ratio
-        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=0.0)
