@@ -156,3 +156,32 @@ def test_torch_distributed_checkpoint_functions_resume_exactly(tmp_path, split, 
         resumed.state_dict()["param_groups"][0]["fwlora"]
         == opt.state_dict()["param_groups"][0]["fwlora"]
     )
+
+
+def _leaf_paths(obj, prefix=""):
+    """Every leaf path of a nested dict (what torch.distributed.checkpoint flattens to)."""
+    if isinstance(obj, dict):
+        return {p for k, v in obj.items() for p in _leaf_paths(v, f"{prefix}.{k}")}
+    if isinstance(obj, list):
+        return {p for i, v in enumerate(obj) for p in _leaf_paths(v, f"{prefix}.{i}")}
+    return {prefix}  # a scalar (None, a number, a string): one leaf whatever its value
+
+
+def test_the_entry_has_one_shape_in_every_phase_and_survives_weights_only_load(tmp_path):
+    """DCP loads a checkpoint in place into the fresh optimizer's state dict: the entry's leaf
+    paths (its nesting; a None never becomes a list or a dict) are the same before warm-up,
+    during it, after it and with lam="auto" before and after calibration;
+    torch.load(weights_only=True) reads it back equal."""
+    shapes = []
+    for lam in (0.3, "auto"):
+        model = tiny_lora_model(seed=3)
+        opt = FisherAdamW(model, lr=1e-2, warmup=2, lam=lam)
+        for t, batch in enumerate([None, *batches(4)]):
+            if batch is not None:
+                _step(model, opt, batch)
+            saved = opt.state_dict()
+            torch.save(saved, tmp_path / "opt.pt")
+            back = torch.load(tmp_path / "opt.pt", weights_only=True)
+            assert back["param_groups"] == saved["param_groups"], (lam, t)
+            shapes.append(_leaf_paths(saved["param_groups"][0]["fwlora"]))
+    assert all(s == shapes[0] for s in shapes)

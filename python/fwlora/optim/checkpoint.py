@@ -20,7 +20,6 @@ mirror of it in the first param group) still loads.
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from typing import Any
 
@@ -81,9 +80,10 @@ def check_fisher_state(state: Any, names: list[str]) -> FisherCore:
 
 def _fixed_core(core: dict[str, Any]) -> dict[str, Any]:
     """The core's dict form with the same shape in every phase: importances that do not exist
-    yet are M NaNs (DCP would otherwise have to load a list into a None, which it cannot)."""
+    yet are M zeros with ``importance_frozen: False`` (DCP would otherwise have to load a list
+    into a None, which it cannot; zeros, not NaN, so that saved states compare equal)."""
     frozen = core["importance"] is not None
-    importance = core["importance"] if frozen else [math.nan] * len(core["fisher"])
+    importance = core["importance"] if frozen else [0.0] * len(core["fisher"])
     return {**core, "importance": importance, "importance_frozen": frozen}
 
 
