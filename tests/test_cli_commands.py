@@ -190,6 +190,49 @@ def test_every_setting_has_a_flag():
     assert set(FIELDS) <= set(vars(train))
 
 
+def test_each_commands_defaults_are_held_once_in_the_harness(capsys, monkeypatch):
+    """--help shows the defaults the harness applies, from the one place that holds each."""
+    from fwlora.harness.config import DEFAULT_SEEDS
+    from fwlora.harness.experiment import ABLATION_LAMS, COMPARE_METHODS, COMPARE_SEEDS
+    from fwlora.harness.stats import DEFAULT_MARGIN
+    from fwlora.harness.sweep import (
+        DEFAULT_LAMS,
+        DEFAULT_METHODS,
+        DEFAULT_NORMALIZATIONS,
+        sweep_lists,
+    )
+
+    assert COMPARE_METHODS == ("lora", "fw-lora", "adalora") and COMPARE_SEEDS == (42, 43, 44)
+    assert DEFAULT_SEEDS == (42,) and ABLATION_LAMS == (5e-5, 1e-4, 2e-4, 5e-4)
+    assert sweep_lists({}) == {
+        "methods": list(DEFAULT_METHODS),
+        "seeds": list(DEFAULT_SEEDS),
+        "lams": list(DEFAULT_LAMS),
+        "target_ratios": None,
+        "normalizations": list(DEFAULT_NORMALIZATIONS),
+    }
+    flags = sweep_lists({"seeds": [1], "normalizations": "max"}, seeds="2,3", methods="lora")
+    assert (flags["methods"], flags["seeds"], flags["normalizations"]) == (
+        ["lora"],
+        [2, 3],
+        ["max"],
+    )
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option
+    shown = {}
+    for command in ("compare", "sweep", "ablation", "targeting", "demo"):
+        assert main([command, "--help"]) == 0
+        shown[command] = " ".join(capsys.readouterr().out.split())
+    assert "--methods METHODS comma-separated (default: lora,fw-lora,adalora)" in shown["compare"]
+    assert "--seeds SEEDS comma-separated (default: 42,43,44)" in shown["compare"]
+    assert f"(default: {DEFAULT_MARGIN:g}, in accuracy" in shown["compare"]
+    assert "comma-separated λ (default: 1e-4,1e-2,1e-1)" in shown["sweep"]
+    assert "fw-lora's, comma-separated: sum, max (default: sum)" in shown["sweep"]
+    assert "comma-separated λ (default: 5e-5,1e-4,2e-4,5e-4)" in shown["ablation"]
+    assert "or both (default: fisher)" in shown["targeting"]
+    for command in ("sweep", "ablation", "targeting", "demo"):
+        assert "--seeds SEEDS comma-separated (default: 42)" in shown[command]
+
+
 # ------------------------------------------- flags and user errors (issue 10, items 7 and 8)
 def _one_line_error(err: str, command: str) -> None:
     assert err.startswith(f"fwlora {command}: error:"), err

@@ -19,6 +19,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,10 @@ class _Parser(argparse.ArgumentParser):
         return parsed
 
 
-# Settings a sweep sets per run (its axes), so not run-option flags of `fwlora sweep`.
+# Settings a command sets per run (its axes), so not run-option flags of that command.
+COMPARE_AXES = ("method", "seed")
+ABLATION_AXES = ("method", "seed", "variant")
+TARGETING_AXES = ("method", "seed", "variant", "fisher_lam", "fisher_normalization")
 SWEEP_AXES = (
     "method",
     "seed",
@@ -78,7 +82,7 @@ SWEEP_AXES = (
 )
 
 
-def _flag_help(methods: tuple[str, ...]) -> dict[str, str]:
+def _flag_help(methods: tuple[str, ...], target_ratio: float) -> dict[str, str]:
     return {
         "method": f"one of {', '.join(methods)}",
         "model": "hub name, local directory, or minilm-l6 (offline)",
@@ -91,7 +95,7 @@ def _flag_help(methods: tuple[str, ...]) -> dict[str, str]:
         "fisher_warmup_fraction": "K as a fraction of the total steps (overrides --fisher-warmup)",
         "fisher_lam": "FW-LoRA shrinkage λ, or auto (calibrated to --fisher-target-ratio)",
         "fisher_target_ratio": "with --fisher-lam auto: ‖∇P‖/‖∇L_task‖ at the first penalised "
-        "step (unset: 0.1)",
+        f"step (unset: {target_ratio:g})",
         "fisher_alpha": "FW-LoRA EMA decay α",
         "fisher_normalization": "sum, max or uniform (unset: sum for fw-lora, uniform for l2-lora)",
     }
@@ -101,9 +105,10 @@ def _add_run_options(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()
     """One flag per RunConfig setting (default None = keep the config file's or the default).
 
     Values stay text here: the schema converts and checks them, like a config file's."""
-    from fwlora.harness.config import METHODS, RunConfig
+    from fwlora.harness.config import UNSET_TARGET_RATIO, RunConfig
+    from fwlora.harness.methods import names
 
-    helps = _flag_help(METHODS)
+    helps = _flag_help(names(), UNSET_TARGET_RATIO)
     group = parser.add_argument_group("run settings (defaults: the paper's recipe)")
     group.add_argument("--config", help="YAML/TOML/JSON file of settings (flags override it)")
     defaults = RunConfig()
@@ -143,15 +148,30 @@ def _margin(text: str) -> float:
 
 
 def _add_margin_option(parser: argparse.ArgumentParser) -> None:
+    from fwlora.harness.stats import DEFAULT_MARGIN
+
     parser.add_argument(
         "--equivalence-margin",
         type=_margin,
-        default=0.01,
+        default=DEFAULT_MARGIN,
         metavar="M",
         help="paired comparisons: ±M is 'no practical difference' for the equivalence test "
         "(TOST); each comparison is then different, equivalent or inconclusive "
-        "(default: 0.01, in accuracy / macro-F1 units)",
+        f"(default: {DEFAULT_MARGIN:g}, in accuracy / macro-F1 units)",
     )
+
+
+def _listed(values: Any) -> str:
+    """A default list as its flag takes it: `42,43,44`, `1e-4,1e-2` (a float in short
+    e-notation)."""
+
+    def one(value: Any) -> str:
+        if isinstance(value, float):
+            mantissa, exponent = f"{value:e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return str(value)
+
+    return ",".join(one(v) for v in values)
 
 
 def _overrides(args: argparse.Namespace, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -215,31 +235,40 @@ def top_level_help() -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="fwlora",
-        description=DESCRIPTION,
-        allow_abbrev=False,
-    )
-    parser.add_argument(
-        "--version", action="version", version=_version_line(), help="print the version and exit"
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _seeds_help() -> str:
+    from fwlora.harness.config import DEFAULT_SEEDS
 
-    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        parser.commands[name] = sub.add_parser(name, allow_abbrev=False, **kwargs)
-        return parser.commands[name]
+    return f"comma-separated (default: {_listed(DEFAULT_SEEDS)})"
 
+
+# Adds one command's subparser (by name, with argparse's keywords) and returns it.
+Command = Callable[..., argparse.ArgumentParser]
+
+
+def _train_command(command: Command) -> None:
     train = command("train", help=COMMAND_HELP["train"][0])
     _add_output_options(train, "fwlora-train")
     _add_run_options(train)
 
+
+def _compare_command(command: Command) -> None:
+    from fwlora.harness.experiment import COMPARE_METHODS, COMPARE_SEEDS
+
     compare = command("compare", help=COMMAND_HELP["compare"][0])
     _add_output_options(compare, "fwlora-compare")
-    compare.add_argument("--methods", help="comma-separated (default: lora,fw-lora,adalora)")
-    compare.add_argument("--seeds", help="comma-separated (default: 42,43,44)")
+    compare.add_argument("--methods", help=f"comma-separated (default: {_listed(COMPARE_METHODS)})")
+    compare.add_argument("--seeds", help=f"comma-separated (default: {_listed(COMPARE_SEEDS)})")
     _add_margin_option(compare)
-    _add_run_options(compare, skip=("method", "seed"))
+    _add_run_options(compare, skip=COMPARE_AXES)
+
+
+def _sweep_command(command: Command) -> None:
+    from fwlora.harness.sweep import (
+        DEFAULT_LAMS,
+        DEFAULT_METHODS,
+        DEFAULT_NORMALIZATIONS,
+        GRID_NORMALIZATIONS,
+    )
 
     sweep = command(
         "sweep",
@@ -249,28 +278,36 @@ def build_parser() -> argparse.ArgumentParser:
         "λ. Labels: lora, fw-lora-sum-lam0.01, l2-lora-lam0.01. --resume skips finished runs.",
     )
     _add_output_options(sweep, "fwlora-sweep")
-    sweep.add_argument("--methods", help="comma-separated (default: lora,fw-lora,l2-lora)")
+    sweep.add_argument("--methods", help=f"comma-separated (default: {_listed(DEFAULT_METHODS)})")
     strength = sweep.add_mutually_exclusive_group()
-    strength.add_argument("--lams", help="comma-separated λ (default: 1e-4,1e-2,1e-1)")
+    strength.add_argument("--lams", help=f"comma-separated λ (default: {_listed(DEFAULT_LAMS)})")
     strength.add_argument(
         "--target-ratios",
         help="instead of --lams: comma-separated ‖∇P‖/‖∇L_task‖ targets in (0, 10], λ = auto "
         "calibrated to each at the first penalised step (labels ...-tr0.1)",
     )
     sweep.add_argument(
-        "--normalizations", help="fw-lora's, comma-separated: sum, max (default: sum)"
+        "--normalizations",
+        help=f"fw-lora's, comma-separated: {', '.join(GRID_NORMALIZATIONS)} "
+        f"(default: {_listed(DEFAULT_NORMALIZATIONS)})",
     )
-    sweep.add_argument("--seeds", help="comma-separated (default: 42)")
+    sweep.add_argument("--seeds", help=_seeds_help())
     _add_margin_option(sweep)
     _add_run_options(sweep, skip=SWEEP_AXES)
 
+
+def _ablation_command(command: Command) -> None:
+    from fwlora.harness.experiment import ABLATION_KS, ABLATION_LAMS
+
     ablation = command("ablation", help=COMMAND_HELP["ablation"][0])
     _add_output_options(ablation, "fwlora-ablation")
-    ablation.add_argument("--seeds", help="comma-separated (default: 42)")
-    ablation.add_argument("--ks", help="comma-separated K (default: 300,500,800)")
-    ablation.add_argument("--lams", help="comma-separated λ (default: 5e-5,1e-4,2e-4,5e-4)")
-    _add_run_options(ablation, skip=("method", "seed", "variant"))
+    ablation.add_argument("--seeds", help=_seeds_help())
+    ablation.add_argument("--ks", help=f"comma-separated K (default: {_listed(ABLATION_KS)})")
+    ablation.add_argument("--lams", help=f"comma-separated λ (default: {_listed(ABLATION_LAMS)})")
+    _add_run_options(ablation, skip=ABLATION_AXES)
 
+
+def _merge_command(command: Command) -> None:
     merge = command(
         "merge",
         help=COMMAND_HELP["merge"][0],
@@ -284,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace an existing output that fwlora wrote"
     )
     _add_margin_option(merge)
+
+
+def _targeting_command(command: Command) -> None:
+    from fwlora.harness.targeting import DEFAULT_RANK_BY
 
     targeting = command(
         "targeting",
@@ -300,15 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     size = targeting.add_mutually_exclusive_group()
     size.add_argument("--k", type=int, help="matrices per set")
     size.add_argument("--fraction", type=float, help="k as a fraction of the adapted matrices")
-    targeting.add_argument("--seeds", help="comma-separated (default: 42)")
+    targeting.add_argument("--seeds", help=_seeds_help())
     targeting.add_argument(
-        "--rank-by", help="fisher (F_m), per-weight (F_m/(in·out)), or both (default: fisher)"
+        "--rank-by",
+        help="fisher (F_m), per-weight (F_m/(in·out)), or both "
+        f"(default: {_listed(DEFAULT_RANK_BY)})",
     )
     _add_margin_option(targeting)
-    _add_run_options(
-        targeting, skip=("method", "seed", "variant", "fisher_lam", "fisher_normalization")
-    )
+    _add_run_options(targeting, skip=TARGETING_AXES)
 
+
+def _report_command(command: Command) -> None:
     report = command("report", help=COMMAND_HELP["report"][0])
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="experiment directories")
     report.add_argument("-o", "--output", help="a folder (default: RUN_DIR/report, first RUN_DIR)")
@@ -319,12 +362,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="write into a folder holding files fwlora report did not write",
     )
 
+
+def _demo_command(command: Command) -> None:
+    from fwlora.harness.demo import DEMO_SETTINGS
+
     demo = command("demo", help=COMMAND_HELP["demo"][0])
     _add_output_options(demo, "fwlora-demo")
-    demo.add_argument("--seeds", help="comma-separated (default: 42)")
-    demo.add_argument("--epochs", help="default: 3")
-    demo.add_argument("--max-length", help="default: 48")
+    demo.add_argument("--seeds", help=_seeds_help())
+    demo.add_argument("--epochs", help=f"default: {DEMO_SETTINGS['epochs']}")
+    demo.add_argument("--max-length", help=f"default: {DEMO_SETTINGS['max_length']}")
     demo.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fwlora",
+        description=DESCRIPTION,
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--version", action="version", version=_version_line(), help="print the version and exit"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser.commands[name] = sub.add_parser(name, allow_abbrev=False, **kwargs)
+        return parser.commands[name]
+
+    for add in (
+        _train_command,
+        _compare_command,
+        _sweep_command,
+        _ablation_command,
+        _merge_command,
+        _targeting_command,
+        _report_command,
+        _demo_command,
+    ):
+        add(command)
     return parser
 
 
@@ -396,15 +471,21 @@ def cmd_train(args) -> None:
 
 def cmd_compare(args) -> None:
     from fwlora.harness.config import read_config_file, run_lists
-    from fwlora.harness.experiment import config_from, plan_compare, run_experiment
+    from fwlora.harness.experiment import (
+        COMPARE_METHODS,
+        COMPARE_SEEDS,
+        config_from,
+        plan_compare,
+        run_experiment,
+    )
 
     file = read_config_file(args.config) if args.config else {}
     lists = run_lists(
-        {"methods": ["lora", "fw-lora", "adalora"], "seeds": [42, 43, 44]},
+        {"methods": list(COMPARE_METHODS), "seeds": list(COMPARE_SEEDS)},
         {"methods": file.get("methods"), "seeds": file.get("seeds")},
         {"methods": args.methods, "seeds": args.seeds},
     )
-    base = config_from(args.config, _overrides(args, skip=("method", "seed")))
+    base = config_from(args.config, _overrides(args, skip=COMPARE_AXES))
     started = time.perf_counter()
     exp = run_experiment(
         plan_compare(base, lists.methods, lists.seeds),
@@ -422,7 +503,14 @@ def cmd_sweep(args) -> None:
     from fwlora.harness.sweep import plan_grid, sweep_lists, write_sweep
 
     file = read_config_file(args.config) if args.config else {}
-    lists = sweep_lists(file, args)
+    lists = sweep_lists(
+        file,
+        methods=args.methods,
+        seeds=args.seeds,
+        lams=args.lams,
+        target_ratios=args.target_ratios,
+        normalizations=args.normalizations,
+    )
     base = config_from(args.config, _overrides(args, skip=SWEEP_AXES))
     started = time.perf_counter()
     configs = plan_grid(
@@ -441,17 +529,23 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_ablation(args) -> None:
-    from fwlora.harness.config import ablation_lists, read_config_file
-    from fwlora.harness.experiment import config_from, plan_sweep, run_experiment
+    from fwlora.harness.config import DEFAULT_SEEDS, ablation_lists, read_config_file
+    from fwlora.harness.experiment import (
+        ABLATION_KS,
+        ABLATION_LAMS,
+        config_from,
+        plan_sweep,
+        run_experiment,
+    )
 
     file = read_config_file(args.config) if args.config else {}
     keys = ("seeds", "ks", "lams")
     lists = ablation_lists(
-        {"seeds": [42], "ks": [300, 500, 800], "lams": [5e-5, 1e-4, 2e-4, 5e-4]},
+        {"seeds": list(DEFAULT_SEEDS), "ks": list(ABLATION_KS), "lams": list(ABLATION_LAMS)},
         {k: file.get(k) for k in keys},
         {k: getattr(args, k) for k in keys},
     )
-    base = config_from(args.config, _overrides(args, skip=("method", "seed", "variant")))
+    base = config_from(args.config, _overrides(args, skip=ABLATION_AXES))
     started = time.perf_counter()
     exp = run_experiment(
         plan_sweep(base, lists.seeds, lists.ks, lists.lams),
@@ -473,22 +567,21 @@ def cmd_merge(args) -> None:
 
 
 def cmd_targeting(args) -> None:
-    from fwlora.harness.config import read_config_file, run_lists
+    from fwlora.harness.config import DEFAULT_SEEDS, read_config_file, seed_lists
     from fwlora.harness.experiment import config_from
     from fwlora.harness.progress import say
-    from fwlora.harness.targeting import rankings, run_targeting, summary_lines
+    from fwlora.harness.targeting import DEFAULT_FRACTION, rankings, run_targeting, summary_lines
 
     file = read_config_file(args.config) if args.config else {}
-    seeds = run_lists(
-        {"methods": ["lora"], "seeds": [42]}, {"seeds": file.get("seeds")}, {"seeds": args.seeds}
+    seeds = seed_lists(
+        {"seeds": list(DEFAULT_SEEDS)}, {"seeds": file.get("seeds")}, {"seeds": args.seeds}
     ).seeds
     rank_by = rankings(args.rank_by or file.get("rank_by"))
     k = args.k if args.k is not None else file.get("k")
     fraction = args.fraction if args.fraction is not None else file.get("fraction")
     if k is None and fraction is None:
-        fraction = 0.25
-    skip = ("method", "seed", "variant", "fisher_lam", "fisher_normalization")
-    base = config_from(args.config, _overrides(args, skip=skip))
+        fraction = DEFAULT_FRACTION
+    base = config_from(args.config, _overrides(args, skip=TARGETING_AXES))
     started = time.perf_counter()
     exp, doc = run_targeting(
         base,
@@ -521,8 +614,8 @@ def cmd_report(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from fwlora.harness.config import run_lists
-    from fwlora.harness.demo import DEMO_METHODS, DEMO_SETTINGS, demo_config, run_demo
+    from fwlora.harness.config import seed_lists
+    from fwlora.harness.demo import DEMO_SETTINGS, demo_config, run_demo
     from fwlora.harness.progress import write_line
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -536,19 +629,16 @@ def cmd_demo(args) -> None:
         )
         if v is not None
     }
-    seeds = run_lists(
-        {"methods": DEMO_METHODS, "seeds": [demo_config(overrides).seed]}, {"seeds": args.seeds}
-    ).seeds
+    seeds = seed_lists({"seeds": [demo_config(overrides).seed]}, {"seeds": args.seeds}).seeds
     started = time.perf_counter()
     exp = run_demo(Path(args.output), overrides, seeds, args.overwrite, args.resume)
-    fisher = [r["fisher"] for r in exp.runs if r.get("fisher")]
-    if fisher:
-        run = next(r for r in exp.runs if r.get("fisher"))
+    run = next((r for r in exp.runs if r.fisher), None)
+    if run is not None and run.fisher is not None:
         write_line(
-            f"\nFW-LoRA warm-up: K = {fisher[0]['warmup_steps']} of {run['total_steps']} steps "
+            f"\nFW-LoRA warm-up: K = {run.fisher.warmup_steps} of {run.total_steps} steps "
             f"({DEMO_SETTINGS['fisher_warmup_fraction']:.0%} of the run: the paper's K = 500 "
             "exceeds this small run); importances frozen after step K "
-            f"(phase at end: {fisher[0]['phase']}).",
+            f"(phase at end: {run.fisher.phase}).",
             "stdout",
         )
     _finish(exp, started)

@@ -536,14 +536,12 @@ def test_sweep_refuses_bad_target_ratios(tiny, tmp_path, capsys, args, file, mes
 
 
 def test_target_ratios_from_a_config_file_and_flags_over_it(tiny):
-    from types import SimpleNamespace
-
     from fwlora.harness.sweep import sweep_lists
 
     file = {"target_ratios": [0.03, 0.1]}
-    lists = sweep_lists(file, SimpleNamespace())
+    lists = sweep_lists(file)
     assert (lists["lams"], lists["target_ratios"]) == (None, [0.03, 0.1])
-    lists = sweep_lists(file, SimpleNamespace(lams="0.01"))  # the flags' axis wins
+    lists = sweep_lists(file, lams="0.01")  # the flags' axis wins
     assert (lists["lams"], lists["target_ratios"]) == ([0.01], None)
     configs = plan_grid(build_config(tiny), ["lora", "fw-lora"], (), ["max"], [1], [0.1])
     assert [c.label for c in configs] == ["lora", "fw-lora-max-tr0.1"]

@@ -5,14 +5,8 @@
     exp = run_experiment(plan_compare(base, ["lora", "fw-lora"], [42, 43]), "out")
     build_report(["out"], "out/site")
 
-Modules, one job each: config (settings), data (task splits), models (backbones and
-adapters), budget (parameter budgets), preflight (every check before the disk is touched),
-output (the output folder: staging, marker, replacement), train (the run loop), batching,
-evaluation, checkpoint (for --resume), resources (device, threads, peak memory), progress
-(bars or plain lines), metrics (one evaluation), stats (significance tests), artefacts (JSON
-artefacts), plots (figures), experiment (many runs), report (static page), demo (the offline
-demo), quiet (third-party import-time noise kept off the output). The tiny offline model and
-data of the tests live in tests/tiny.py.
+Each module has one job; ARCHITECTURE.md (at the repository root) is the map of them. The
+tiny offline model and data of the tests live in tests/tiny.py.
 """
 
 from fwlora.harness.config import METHODS, RunConfig, build_config, read_config_file

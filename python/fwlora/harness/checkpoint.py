@@ -1,14 +1,16 @@
 """A run's checkpoint (after every epoch, for --resume) and its partial predictions.
 
 `checkpoint.pt` holds the trainable parameters, the optimizer and scheduler states, the run's
-progress and the random generators' states (and AdaLoRA's importance EMAs); it is written to a
-temporary file and renamed, so an interruption never leaves half a checkpoint.
+progress and the random generators' states (and a method's own state, e.g. AdaLoRA's
+importance EMAs: `methods.CheckpointState`); it is written to a temporary file and renamed, so
+an interruption never leaves half a checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,16 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    progress: dict[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """The run's state after an epoch; `extra`: a method's own state by key (beside the
+    run's, e.g. "adalora")."""
     state = {
         "trainable": _trainable_state(model),
         "optimizer": optimizer.state_dict(),
@@ -37,14 +48,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, progress: dict[str,
             "torch": torch.get_rng_state(),
         },
     }
-    allocator = getattr(getattr(model, "base_model", None), "rankallocator", None)
-    if allocator is not None:  # AdaLoRA's importance EMAs and its current rank pattern
-        state["adalora"] = {
-            "ipt": allocator.ipt,
-            "exp_avg_ipt": allocator.exp_avg_ipt,
-            "exp_avg_unc": allocator.exp_avg_unc,
-            "rank_pattern": next(iter(model.peft_config.values())).rank_pattern,
-        }
+    state.update(extra or {})
     tmp = path.with_suffix(".tmp")
     try:
         # Through a file object: a full disk is an OSError (ENOSPC), not torch's RuntimeError.
@@ -74,7 +78,15 @@ def _read_state(path: Path) -> dict[str, Any]:
     )
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    restore: Mapping[str, Callable[[Any, Any], None]] | None = None,
+) -> dict[str, Any]:
+    """Puts a checkpoint's state back and returns the run's progress; `restore`: by key, how
+    a method puts its own state back (called with the model and what was saved)."""
     state = _read_state(path)
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -85,11 +97,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
-    if "adalora" in state:
-        allocator = model.base_model.rankallocator
-        for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
-            setattr(allocator, key, state["adalora"][key])
-        next(iter(model.peft_config.values())).rank_pattern = state["adalora"]["rank_pattern"]
+    for key, load in (restore or {}).items():
+        if key in state:
+            load(model, state[key])
     return state["progress"]
 
 

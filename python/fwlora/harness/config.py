@@ -32,7 +32,9 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from fwlora.harness import methods
 from fwlora.harness.errors import HarnessError
+from fwlora.optim.calibration import DEFAULT_TARGET_RATIO
 from fwlora.optim.options import DEFAULTS as FISHER_DEFAULTS
 
 if sys.version_info >= (3, 11):
@@ -40,12 +42,13 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10
     import tomli as tomllib
 
-METHODS = ("lora", "fw-lora", "adalora", "l2-lora")
+# The methods, from their one definition each (`methods`): lora, fw-lora, adalora, l2-lora.
+METHODS = methods.names()
 # Methods trained with FisherAdamW; l2-lora is its uniform control (I_m = 1/M: the same
 # penalty path and total weight, no Fisher information).
-FISHER_METHODS = ("fw-lora", "l2-lora")
+FISHER_METHODS = tuple(m.name for m in methods.all_methods() if m.fisher)
 # The FW-LoRA normalisation a method uses when `fisher_normalization` is not set.
-DEFAULT_NORMALIZATION = {"fw-lora": "sum", "l2-lora": "uniform"}
+DEFAULT_NORMALIZATION = {m.name: m.normalization for m in methods.all_methods() if m.fisher}
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 TRUNCATION_SIDES = ("right", "left")
@@ -93,13 +96,15 @@ def _name_list(value: Any) -> Any:
     return value
 
 
-def one_of(choices: tuple[str, ...]) -> AfterValidator:
-    """A text field's allowed values (the tuple is the one list of them)."""
+def one_of(choices: tuple[str, ...] | Callable[[], tuple[str, ...]]) -> AfterValidator:
+    """A text field's allowed values: the tuple that is the one list of them, or the function
+    that returns it when a value is checked (the registered methods)."""
 
     def check(value: str) -> str:
-        if value not in choices:
+        allowed = choices() if callable(choices) else choices
+        if value not in allowed:
             raise PydanticCustomError(
-                "literal_error", "one of {expected}", {"expected": ", ".join(map(repr, choices))}
+                "literal_error", "one of {expected}", {"expected": ", ".join(map(repr, allowed))}
             )
         return value
 
@@ -117,6 +122,8 @@ def _lam_value(value: Any) -> Any:
         raise PydanticCustomError("lam_value", 'a number >= 0 or "auto"') from None
 
 
+# One of the registered methods (checked against the registry when a value is read).
+MethodName = Annotated[str, one_of(methods.names)]
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
 Text = Annotated[str, BeforeValidator(_path_text)]
@@ -132,7 +139,7 @@ class RunConfig:
     """Every setting of one training run. Defaults are the paper's recipe (§5)."""
 
     # What is trained on what.
-    method: Annotated[str, one_of(METHODS)] = "fw-lora"
+    method: MethodName = "fw-lora"
     model: Text = "roberta-base"
     task: str = "sst2"
     # Local data (task "file"): train/eval files and their columns.
@@ -202,11 +209,19 @@ class RunConfig:
         """The FW-LoRA options, judged by their one definition (FisherOptions)."""
         from fwlora.optim.options import FisherOptions
 
-        if self.method == "l2-lora" and self.fisher_normalization not in (None, "uniform"):
+        method = methods.get(self.method)
+        if method.fixed_normalization and self.fisher_normalization not in (
+            None,
+            method.normalization,
+        ):
+            free = next(
+                m.name for m in methods.all_methods() if m.fisher and not m.fixed_normalization
+            )
             text = (
-                f"invalid `normalization`: l2-lora is the uniform control (I_m = 1/M), so its "
-                f"normalization is 'uniform', not {self.fisher_normalization!r}; leave "
-                "fisher_normalization unset, or use method fw-lora for 'sum'/'max'"
+                f"invalid `normalization`: {method.name} is {method.fixed_normalization}, so "
+                f"its normalization is {method.normalization!r}, not "
+                f"{self.fisher_normalization!r}; leave fisher_normalization unset, or use "
+                f"method {free} for 'sum'/'max'"
             )
             raise PydanticCustomError("fisher_option", "{text}", {"text": text})
         try:
@@ -223,7 +238,7 @@ class RunConfig:
 
     @model_validator(mode="after")
     def _trainable_subset(self) -> RunConfig:
-        if self.trainable_modules is not None and self.method != "lora":
+        if self.trainable_modules is not None and not methods.get(self.method).trains_subsets:
             text = (
                 f"freezes adapters of plain LoRA runs only; method {self.method!r} "
                 "trains every adapter it adds: leave trainable_modules unset or use method lora"
@@ -239,7 +254,8 @@ class RunConfig:
     def normalization(self) -> str:
         """The FW-LoRA normalisation this run uses (`fisher_normalization`, else the
         method's default: sum for fw-lora, uniform for l2-lora)."""
-        return self.fisher_normalization or DEFAULT_NORMALIZATION.get(self.method, "sum")
+        method = methods.lookup(self.method)
+        return self.fisher_normalization or (method.normalization if method else "sum")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -249,6 +265,11 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+# The seeds of a multi-run command when none are given: the run's default seed (`compare`
+# has its own, three seeds).
+DEFAULT_SEEDS: tuple[int, ...] = (RunConfig.seed,)
+# λ = "auto" calibrates to this ‖∇P‖/‖∇L_task‖ when fisher_target_ratio is unset.
+UNSET_TARGET_RATIO = DEFAULT_TARGET_RATIO
 
 
 Item = TypeVar("Item")
@@ -271,12 +292,24 @@ def _distinct(**lists: list[Any]) -> None:
 class RunLists:
     """The lists of a multi-run command (`compare`): methods × seeds."""
 
-    methods: ListOf[Annotated[str, one_of(METHODS)]]
+    methods: ListOf[MethodName]
     seeds: Seeds
 
     @model_validator(mode="after")
     def _no_repeats(self) -> RunLists:
         _distinct(methods=self.methods, seeds=self.seeds)
+        return self
+
+
+@dataclass(config=SCHEMA)
+class SeedLists:
+    """The seeds of a command that runs its own design per seed (`targeting`, `demo`)."""
+
+    seeds: Seeds
+
+    @model_validator(mode="after")
+    def _no_repeats(self) -> SeedLists:
+        _distinct(seeds=self.seeds)
         return self
 
 
@@ -310,6 +343,11 @@ def run_lists(*layers: dict[str, Any] | None) -> RunLists:
 def ablation_lists(*layers: dict[str, Any] | None) -> AblationLists:
     """AblationLists from layers in order, like `run_lists`."""
     return _layered(AblationLists, layers)
+
+
+def seed_lists(*layers: dict[str, Any] | None) -> SeedLists:
+    """SeedLists from layers in order, like `run_lists`."""
+    return _layered(SeedLists, layers)
 
 
 # ------------------------------------------------------------------ errors

@@ -42,16 +42,23 @@ from fwlora.harness.errors import HarnessError, Interrupted, environment_error, 
 from fwlora.harness.output import Staging, check_output
 from fwlora.harness.preflight import data_key, preflight
 from fwlora.harness.progress import say, steps
+from fwlora.harness.run_metrics import METRICS_FILE, RunMetrics, decode_runs, read_run
 from fwlora.harness.stats import DEFAULT_MARGIN
 from fwlora.harness.train import penalty_message, planned_run_name, train_run
 
 PLAN_FILE = "experiment.yaml"
+# The commands' defaults (their --help shows them from here): `fwlora compare`'s methods
+# and seeds; `fwlora ablation`'s K and λ sweeps (its seeds: config.DEFAULT_SEEDS).
+COMPARE_METHODS = ("lora", "fw-lora", "adalora")
+COMPARE_SEEDS = (42, 43, 44)
+ABLATION_KS = (300, 500, 800)
+ABLATION_LAMS = (5e-5, 1e-4, 2e-4, 5e-4)
 
 
 @dataclass
 class Experiment:
     out_dir: Path
-    runs: list[dict[str, Any]]
+    runs: list[RunMetrics]
     run_dirs: dict[str, Path]
     aggregated: dict[str, Any]
     significance: dict[str, Any]
@@ -70,8 +77,8 @@ def _lam_text(lam: float | str) -> str:
 def plan_sweep(
     base: RunConfig,
     seeds: list[int],
-    ks: Sequence[int] = (300, 500, 800),
-    lams: Sequence[float] = (5e-5, 1e-4, 2e-4, 5e-4),
+    ks: Sequence[int] = ABLATION_KS,
+    lams: Sequence[float] = ABLATION_LAMS,
     include_baseline: bool = True,
 ) -> list[RunConfig]:
     """The paper's ablations: K sweep (at base λ), λ sweep (at base K), no Fisher term
@@ -185,7 +192,7 @@ def run_experiment(
     out_dir: Path,
     overwrite: bool = False,
     resume: bool = False,
-    n_resamples: int = 9999,
+    n_resamples: int = artefacts.N_RESAMPLES,
     margin: float = DEFAULT_MARGIN,
 ) -> Experiment:
     """Trains every config (skipping finished runs on --resume), then writes artefacts.
@@ -216,9 +223,9 @@ def run_experiment(
 
 def _train_all(
     configs: list[RunConfig], out_dir: Path, data: dict[tuple, TaskData], resume: bool
-) -> tuple[list[dict[str, Any]], dict[str, Path]]:
+) -> tuple[list[RunMetrics], dict[str, Path]]:
     quiet = all(c.quiet for c in configs) or len(configs) == 1
-    runs: list[dict[str, Any]] = []
+    runs: list[RunMetrics] = []
     run_dirs: dict[str, Path] = {}
     names = [planned_run_name(c) for c in configs]
     for name, cfg in steps(list(zip(names, configs)), desc="runs", quiet=quiet, unit="run"):
@@ -229,7 +236,7 @@ def _train_all(
         else:
             metrics = train_run(cfg, slot, data[data_key(cfg)], resume=resume)
         runs.append(metrics)
-        run_dirs[metrics["run"]] = slot
+        run_dirs[metrics.run] = slot
     return runs, run_dirs
 
 
@@ -281,52 +288,13 @@ def moved_to(exp: Experiment, old: Path, new: Path) -> Experiment:
     )
 
 
-# The fields of a finished run's metrics that the commands reading it back rely on, and their
-# types: a file of another shape is refused by name rather than failing deep in a command.
-RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "run": str,
-    "label": str,
-    "method": str,
-    "seed": int,
-    "final_eval_acc": (int, float),
-}
-# Fields checked for their type where present.
-OPTIONAL_RUN_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "task": str,
-    "config": dict,
-    "adapters": dict,
-    "epochs": list,
-    "fisher": (dict, type(None)),
-    "best_eval_acc": (int, float),
-    "runtime_sec": (int, float),
-}
-
-
-def check_run_metrics(run: Any) -> dict[str, Any]:
-    """`run` if it has a finished run's shape; ValueError naming the first field that is off."""
-    if not isinstance(run, dict):
-        raise ValueError(f"expected a JSON object, got {type(run).__name__}")
-    if run.get("status") != "complete":
-        return run
-    fields = {**RUN_FIELDS, **{k: v for k, v in OPTIONAL_RUN_FIELDS.items() if k in run}}
-    for key, kind in fields.items():
-        value = run.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ValueError(f"field {key!r} is {value!r}, not of its type")
-    if "epochs" in run and not all(isinstance(h, dict) for h in run["epochs"]):
-        raise ValueError("field 'epochs' holds something other than epoch records")
-    return run
-
-
-def finished_run(run_dir: Path) -> dict[str, Any] | None:
+def finished_run(run_dir: Path) -> RunMetrics | None:
     """The metrics of a finished run in `run_dir` (None: absent or unfinished); a damaged
     file is one HarnessError line naming it."""
-    path = run_dir / "metrics.json"
+    path = run_dir / METRICS_FILE
     if not path.is_file():
         return None
-    fix = f"delete the run folder {run_dir} to train that run again"
-    metrics = read_saved(path, lambda p: check_run_metrics(json.loads(p.read_text())), fix)
-    return metrics if metrics.get("status") == "complete" else None
+    return read_saved(path, read_run, f"delete the run folder {run_dir} to train that run again")
 
 
 def _artefact(path: Path, check: Any = None) -> Any:
@@ -339,11 +307,11 @@ def _artefact(path: Path, check: Any = None) -> Any:
     return read_saved(path, parse, "write it again with --resume (same settings)")
 
 
-def _metrics_runs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+def _metrics_runs(doc: dict[str, Any]) -> list[RunMetrics]:
     runs = doc.get("runs")
     if not isinstance(runs, dict):
         raise ValueError("expected 'runs': an object of run metrics")
-    return [check_run_metrics(run) for run in runs.values()]
+    return decode_runs(runs.values())
 
 
 def _aggregated(doc: dict[str, Any]) -> dict[str, Any]:
@@ -367,9 +335,9 @@ def _significance(doc: dict[str, Any]) -> dict[str, Any]:
 
 def write_experiment(
     out_dir: Path,
-    runs: list[dict[str, Any]],
+    runs: list[RunMetrics],
     run_dirs: dict[str, Path],
-    n_resamples: int = 9999,
+    n_resamples: int = artefacts.N_RESAMPLES,
     margin: float = DEFAULT_MARGIN,
 ) -> Experiment:
     """metrics.json, aggregated_metrics.json, significance_tests.json and the figures."""
@@ -397,7 +365,7 @@ def load_experiment(out_dir: Path) -> Experiment:
     for slot in sorted((out_dir / "runs").glob("*")):
         m = finished_run(slot)
         if m is not None:
-            run_dirs[m["run"]] = slot
+            run_dirs[m.run] = slot
     return Experiment(
         out_dir,
         runs,
@@ -462,31 +430,31 @@ def summary_table(exp: Experiment) -> str:
     return "\n".join(lines)
 
 
-def _penalty_ratios(runs: list[dict[str, Any]]) -> dict[str, float]:
+def _penalty_ratios(runs: list[RunMetrics]) -> dict[str, float]:
     """Per label: the median over its runs of each run's median ‖∇P‖/‖∇L_task‖."""
     found: dict[str, list[float]] = {}
     for run in runs:
-        ratio = (run.get("fisher") or {}).get("penalty_grad_ratio")
+        ratio = run.fisher.penalty_grad_ratio if run.fisher else None
         if ratio is not None:
-            found.setdefault(run["label"], []).append(ratio)
+            found.setdefault(run.label, []).append(ratio)
     return {label: float(np.median(values)) for label, values in found.items()}
 
 
-def _penalty_notes(runs: list[dict[str, Any]], ratios: dict[str, float]) -> list[str]:
+def _penalty_notes(runs: list[RunMetrics], ratios: dict[str, float]) -> list[str]:
     """Plain warnings: a penalty too weak to change training; a K that no run reached."""
     lines = []
     for label, ratio in ratios.items():
         # λ in effect (the calibrated one with fisher_lam "auto")
-        lam = next((r.get("fisher") or {}).get("lam") for r in runs if r["label"] == label)
-        message = penalty_message(ratio, lam)
+        fisher = next(r.fisher for r in runs if r.label == label)
+        message = penalty_message(ratio, fisher.lam if fisher else None)
         if message:
             lines.append(f"note: {label}: {message}")
     for run in runs:
-        fisher = run.get("fisher") or {}
-        if fisher.get("warmup_steps") is not None and fisher["warmup_steps"] >= run["total_steps"]:
+        k = run.fisher.warmup_steps if run.fisher else None
+        if k is not None and k >= run["total_steps"]:
             lines.append(
-                f"note: {run['run']}: K={fisher['warmup_steps']} >= its {run['total_steps']} "
-                "steps: FW-LoRA never left warm-up, the penalty was never applied (= plain LoRA)"
+                f"note: {run.run}: K={k} >= its {run.total_steps} steps: FW-LoRA never left "
+                "warm-up, the penalty was never applied (= plain LoRA)"
             )
     return lines
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fwlora.harness import methods
 from fwlora.harness.checkpoint import CHECKPOINT
 from fwlora.harness.config import NON_RESULT_KEYS, with_added_settings
 from fwlora.harness.errors import HarnessError
@@ -31,6 +32,7 @@ from fwlora.harness.experiment import (
     write_experiment,
 )
 from fwlora.harness.output import MARKER, Staging, check_output, written_by_fwlora
+from fwlora.harness.run_metrics import RunMetrics
 from fwlora.harness.stats import DEFAULT_MARGIN
 from fwlora.harness.sweep import write_sweep
 
@@ -42,20 +44,21 @@ PER_RUN_KEYS = NON_RESULT_KEYS | {"seed"}
 DATA_KEYS = ("task", "source", "label_names", "train_examples", "eval_examples")
 
 
-def _settings(run: dict[str, Any]) -> dict[str, Any]:
-    saved = with_added_settings(run["config"])  # runs written before a setting existed
+def _settings(run: RunMetrics) -> dict[str, Any]:
+    saved = with_added_settings(run.config or {})  # runs written before a setting existed
     return {k: v for k, v in saved.items() if k not in PER_RUN_KEYS}
 
 
 def _method_specific(key: str) -> bool:
-    return key in ("method", "variant") or key.startswith(("fisher_", "adalora_"))
+    """The method and its own options (each method's settings prefix: fisher_, adalora_)."""
+    return key in ("method", "variant") or key.startswith(methods.settings_prefixes())
 
 
-def _shared(run: dict[str, Any]) -> dict[str, Any]:
+def _shared(run: RunMetrics) -> dict[str, Any]:
     """The settings every run of one experiment shares (the report says so): all but the
     seed, the method and its own options; and the data the runs were evaluated on."""
     shared = {k: v for k, v in _settings(run).items() if not _method_specific(k)}
-    shared["data"] = {k: run.get("data", {}).get(k) for k in DATA_KEYS}
+    shared["data"] = {k: (run.data or {}).get(k) for k in DATA_KEYS}
     return shared
 
 
@@ -75,9 +78,10 @@ def _check_shared(sources: list[tuple[Path, Experiment]]) -> None:
         for run in exp.runs:
             differ = _differences(ref, _shared(run), (ref_folder, folder))
             if differ:
+                own = ", ".join(f"{p}*" for p in methods.settings_prefixes())
                 raise HarnessError(
                     f"the experiments differ in {differ}; merged runs may differ only in the "
-                    "seed and the method with its own options (fisher_*, adalora_*): merge "
+                    f"seed and the method with its own options ({own}): merge "
                     "experiments run with the same settings"
                 )
 
@@ -91,23 +95,23 @@ def _finished_runs(folder: Path) -> Experiment:
         metrics = finished_run(slot)
         if metrics is not None:
             runs.append(metrics)
-            run_dirs[metrics["run"]] = slot
+            run_dirs[metrics.run] = slot
     if not runs:
         raise HarnessError(f"{folder}: no finished run")
     return Experiment(folder, runs, run_dirs, {}, {}, [])
 
 
-_METHOD_ORDER = {"lora": 0, "fw-lora": 1, "l2-lora": 2, "adalora": 3}
-
-
-def _order(run: dict[str, Any]) -> tuple:
-    """Seed, then a sweep's plan order: lora, fw-lora (sum, max), l2-lora, adalora; by λ."""
-    config = run["config"]
+def _order(run: RunMetrics) -> tuple:
+    """Seed, then a sweep's plan order: the methods' `order` (lora, fw-lora (sum, max),
+    l2-lora, adalora; a method this version does not know last); by λ."""
+    config = run.config or {}
     norm = {"sum": 0, "max": 1}.get(config.get("fisher_normalization") or "", 2)
-    lam = config.get("fisher_lam", 0.0) if run["method"] in ("fw-lora", "l2-lora") else 0.0
+    lam = config.get("fisher_lam", 0.0) if methods.is_fisher(run.method) else 0.0
     # λ by hand, then λ = "auto" by target ratio
     strength = (1, config.get("fisher_target_ratio") or 0.0) if lam == "auto" else (0, lam)
-    return (run["seed"], _METHOD_ORDER.get(run["method"], 4), norm, strength, run["label"])
+    method = methods.lookup(run.method)
+    order = method.order if method else len(methods.names())
+    return (run.seed, order, norm, strength, run.label)
 
 
 def _check_runs(sources: list[tuple[Path, Experiment]]) -> None:
@@ -115,16 +119,16 @@ def _check_runs(sources: list[tuple[Path, Experiment]]) -> None:
     reference: dict[str, tuple[dict[str, Any], Path]] = {}
     for folder, exp in sources:
         for run in exp.runs:
-            if run["run"] in seen:
+            if run.run in seen:
                 raise HarnessError(
-                    f"run {run['run']} is in both {seen[run['run']]} and {folder}; "
+                    f"run {run.run} is in both {seen[run.run]} and {folder}; "
                     "merge experiments with distinct seeds"
                 )
-            seen[run["run"]] = folder
-            if run["run"] not in exp.run_dirs:
-                raise HarnessError(f"{folder}: run {run['run']} has no run folder")
+            seen[run.run] = folder
+            if run.run not in exp.run_dirs:
+                raise HarnessError(f"{folder}: run {run.run} has no run folder")
             settings = _settings(run)
-            label = run["label"]
+            label = run.label
             if label not in reference:
                 reference[label] = (settings, folder)
                 continue
@@ -156,15 +160,19 @@ def merge_experiments(
         runs, run_dirs = [], {}
         for _, exp in sources:
             for run in exp.runs:
-                target = staging.path / "runs" / exp.run_dirs[run["run"]].name
+                target = staging.path / "runs" / exp.run_dirs[run.run].name
                 shutil.copytree(
-                    exp.run_dirs[run["run"]], target, ignore=shutil.ignore_patterns(CHECKPOINT)
+                    exp.run_dirs[run.run], target, ignore=shutil.ignore_patterns(CHECKPOINT)
                 )
                 runs.append(run)
-                run_dirs[run["run"]] = target
+                run_dirs[run.run] = target
         runs.sort(key=_order)
         plan = [
-            {k: v for k, v in with_added_settings(r["config"]).items() if k not in NON_RESULT_KEYS}
+            {
+                k: v
+                for k, v in with_added_settings(r.config or {}).items()
+                if k not in NON_RESULT_KEYS
+            }
             for r in runs
         ]
         merged_from = [str(folder) for folder, _ in sources]

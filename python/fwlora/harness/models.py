@@ -1,18 +1,18 @@
-"""Backbones (hub names, local paths, the offline MiniLM-L6) and the adapters of each method."""
+"""Backbones (hub names, local paths, the offline MiniLM-L6) and a run's adapters (each
+method's own, from its definition in `methods`)."""
 
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from torch import nn
 
-from fwlora.harness import budget
+from fwlora.harness import budget, methods
 from fwlora.harness.config import RunConfig
 from fwlora.harness.errors import HarnessError
 
@@ -114,18 +114,10 @@ class AdapterInfo:
         return dict(self.__dict__)
 
 
-def adalora_schedule(cfg: RunConfig, total_steps: int) -> dict[str, int]:
-    tinit = int(cfg.adalora_tinit_fraction * total_steps)
-    tfinal = int(cfg.adalora_tfinal_fraction * total_steps)
-    if total_steps - tinit - tfinal < 1:
-        tinit, tfinal = 0, 0
-    delta_t = max(1, min(cfg.adalora_delta_t, max(1, (total_steps - tinit - tfinal) // 4)))
-    return {"tinit": tinit, "tfinal": tfinal, "deltaT": delta_t, "total_step": total_steps}
-
-
 def attach_adapters(model: nn.Module, cfg: RunConfig, total_steps: int):
-    """The peft model for cfg.method and its budget facts. Same targets for every method."""
-    from peft import AdaLoraConfig, LoraConfig, TaskType, get_peft_model
+    """The peft model for cfg.method (its adapters from its definition in `methods`) and its
+    budget facts. Same targets for every method."""
+    from peft import get_peft_model
 
     linears = budget.target_linears(model, cfg.target_modules)
     backbone = budget.backbone_params(model)
@@ -134,50 +126,16 @@ def attach_adapters(model: nn.Module, cfg: RunConfig, total_steps: int):
         if cfg.budget_percent is not None
         else cfg.rank
     )
-    extra: dict[str, Any] = {}
     # A copy: peft appends its own defaults to this list in place.
     to_save = list(cfg.modules_to_save) if cfg.modules_to_save else None
-    if cfg.method in ("lora", "fw-lora", "l2-lora"):  # l2-lora: FisherAdamW on LoRA
-        peft_config = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            r=rank,
-            lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; floats work
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules),
-            modules_to_save=to_save,
-        )
-        adapter_params = budget.lora_params(linears, rank)
-    else:  # adalora: target average rank = LoRA rank, so the final budget matches LoRA's
-        schedule = adalora_schedule(cfg, total_steps)
-        init_r = max(rank, math.ceil(cfg.adalora_init_r_factor * rank))
-        peft_config = AdaLoraConfig(
-            task_type=TaskType.SEQ_CLS,
-            init_r=init_r,
-            target_r=rank,
-            lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; floats work
-            lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.target_modules),
-            orth_reg_weight=cfg.adalora_orth_reg_weight,
-            modules_to_save=to_save,
-            tinit=schedule["tinit"],
-            tfinal=schedule["tfinal"],
-            deltaT=schedule["deltaT"],
-            total_step=schedule["total_step"],
-        )
-        adapter_params = budget.adalora_params(linears, init_r)
-        extra = {
-            "adalora_init_r": init_r,
-            "adalora_target_r": rank,
-            "adalora_target_params": budget.adalora_params(linears, rank),
-            "lora_params_at_same_rank": budget.lora_params(linears, rank),
-            **{f"adalora_{k}": v for k, v in schedule.items()},
-        }
+    adapters = methods.get(cfg.method).adapters(cfg, linears, rank, total_steps, to_save)
+    adapter_params, extra = adapters.params, dict(adapters.extra)
     with warnings.catch_warnings():
         # peft calls a transformers property that transformers 5 deprecates; not ours to fix.
         warnings.filterwarnings(
             "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
         )
-        peft_model = get_peft_model(model, peft_config)
+        peft_model = get_peft_model(model, adapters.peft_config)
     if cfg.trainable_modules is not None:
         _freeze_unchosen(peft_model, linears, list(cfg.trainable_modules))
         extra["trainable_matrices"] = len(cfg.trainable_modules)
@@ -231,12 +189,3 @@ def _freeze_unchosen(
             f"trainable_modules: froze {frozen} adapters, expected {len(names) - len(keep)}"
         )
     return frozen
-
-
-def adalora_final_ranks(peft_model: nn.Module) -> dict[str, int] | None:
-    """Per-module ranks AdaLoRA kept (its rank_pattern), or None before any allocation."""
-    config = next(iter(cast(Any, peft_model).peft_config.values()))
-    pattern = getattr(config, "rank_pattern", None)
-    if not pattern:
-        return None
-    return {name: int(sum(bool(x) for x in mask)) for name, mask in pattern.items()}

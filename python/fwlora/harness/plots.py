@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from fwlora.harness.artefacts import group_runs
 from fwlora.harness.metrics import primary_metric
+from fwlora.harness.run_metrics import RunMetrics
 
 FORMATS = ("pdf", "png")
 
@@ -27,7 +28,7 @@ def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def confusion_matrix_plot(run: dict[str, Any], out_dir: Path) -> list[Path]:
+def confusion_matrix_plot(run: RunMetrics, out_dir: Path) -> list[Path]:
     cm = np.asarray(run["epochs"][-1]["confusion_matrix"])
     names = run["data"]["label_names"]
     fig = Figure(figsize=(4.2, 3.8))
@@ -42,11 +43,11 @@ def confusion_matrix_plot(run: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{run['label']} (final epoch)", fontsize=10)
-    return save_figure(fig, out_dir, f"{run['run']}_confusion_matrix")
+    ax.set_title(f"{run.label} (final epoch)", fontsize=10)
+    return save_figure(fig, out_dir, f"{run.run}_confusion_matrix")
 
 
-def eval_acc_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
+def eval_acc_curve(run: RunMetrics, out_dir: Path) -> list[Path]:
     rows = [h for h in run["epochs"] if "eval_acc" in h]  # evaluate="final": one point
     epochs = [h["epoch"] for h in rows]
     fig = Figure(figsize=(5, 3.5))
@@ -60,11 +61,11 @@ def eval_acc_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xticks(epochs)
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(run["label"], fontsize=10)
-    return save_figure(fig, out_dir, f"{run['run']}_eval_acc_learning_curve")
+    ax.set_title(run.label, fontsize=10)
+    return save_figure(fig, out_dir, f"{run.run}_eval_acc_learning_curve")
 
 
-def train_loss_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
+def train_loss_curve(run: RunMetrics, out_dir: Path) -> list[Path]:
     losses = np.asarray(run["train_loss_steps"], dtype=float)
     steps = np.arange(1, len(losses) + 1)
     fig = Figure(figsize=(5, 3.5))
@@ -76,8 +77,7 @@ def train_loss_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.plot(steps[window - 1 :], smooth, lw=1.6, label=f"moving mean ({window} steps)")
     ends = [h["global_step"] for h in run["epochs"]]
     ax.plot(ends, [h["train_loss"] for h in run["epochs"]], "o", label="epoch mean")
-    fisher = run.get("fisher") or {}
-    k = fisher.get("warmup_steps")
+    k = run.fisher.warmup_steps if run.fisher else None
     if k and k < len(losses):
         ax.axvline(k, ls=":", color="k", lw=1)
         ax.annotate(f"K={k}", (k, ax.get_ylim()[1]), va="top", ha="left", fontsize=8)
@@ -85,11 +85,11 @@ def train_loss_curve(run: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(run["label"], fontsize=10)
-    return save_figure(fig, out_dir, f"{run['run']}_train_loss_learning_curve")
+    ax.set_title(run.label, fontsize=10)
+    return save_figure(fig, out_dir, f"{run.run}_train_loss_learning_curve")
 
 
-def comparison_bar_chart(runs: list[dict[str, Any]], key: str, out_dir: Path) -> list[Path]:
+def comparison_bar_chart(runs: list[RunMetrics], key: str, out_dir: Path) -> list[Path]:
     groups = group_runs(runs)
     labels = list(groups)
     values = [[r[key] for r in groups[label]] for label in labels]
@@ -152,8 +152,8 @@ def importance_grid(importance: dict[str, float]) -> tuple[list[int], list[str],
     return layers, kinds, grid
 
 
-def importance_heatmap(run: dict[str, Any], out_dir: Path) -> list[Path]:
-    importance = (run.get("fisher") or {}).get("importance")
+def importance_heatmap(run: RunMetrics, out_dir: Path) -> list[Path]:
+    importance = run.fisher.importance if run.fisher else None
     if not importance:
         return []
     layers, kinds, grid = importance_grid(importance)
@@ -176,11 +176,11 @@ def importance_heatmap(run: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     ax.set_xlabel("module type")
     ax.set_ylabel("layer")
-    ax.set_title(f"{run['label']}: frozen importances", fontsize=10)
-    return save_figure(fig, out_dir, f"{run['run']}_importance_heatmap")
+    ax.set_title(f"{run.label}: frozen importances", fontsize=10)
+    return save_figure(fig, out_dir, f"{run.run}_importance_heatmap")
 
 
-def all_plots(runs: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+def all_plots(runs: list[RunMetrics], out_dir: Path) -> list[Path]:
     """Every figure of an experiment into out_dir; returns the written paths."""
     paths: list[Path] = []
     for run in runs:

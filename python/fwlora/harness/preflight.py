@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fwlora.harness import budget
+from fwlora.harness import budget, methods
 from fwlora.harness.config import RunConfig
 from fwlora.harness.data import TASKS, TaskData, load_task
 from fwlora.harness.errors import HarnessError
@@ -105,15 +105,16 @@ def optimizer_steps(cfg: RunConfig, train_examples: int) -> int:
 
 
 def check_steps(cfg: RunConfig, train_examples: int) -> None:
-    """Refuses, before any output, a run its method cannot take in so few steps."""
+    """Refuses, before any output, a run its method cannot take in so few steps (its
+    `min_steps`, e.g. AdaLoRA's 2)."""
     steps = optimizer_steps(cfg, train_examples)
-    if cfg.method == "adalora" and steps < 2:
-        # peft's rank allocator reads gradient statistics of an earlier step at its first
-        # budget step: with one step in all there is none (a KeyError inside peft).
+    method = methods.get(cfg.method)
+    if steps < method.min_steps:
+        article = "an" if method.title[0].lower() in "aeiou" else "a"
         raise HarnessError(
-            f"epochs: an AdaLoRA run needs at least 2 optimizer steps; this one has {steps} "
-            f"({train_examples} training examples, batch_size {cfg.batch_size}, "
-            f"epochs {cfg.epochs}); raise epochs or lower batch_size"
+            f"epochs: {article} {method.title} run needs at least {method.min_steps} optimizer "
+            f"steps; this one has {steps} ({train_examples} training examples, batch_size "
+            f"{cfg.batch_size}, epochs {cfg.epochs}); raise epochs or lower batch_size"
         )
 
 

@@ -101,7 +101,7 @@ def _setup_items(exp: Experiment) -> list[str]:
             ),
         ),
         _li("Methods", escape(", ".join(groups))),
-        _li("Seeds", escape(", ".join(str(s) for s in sorted({r["seed"] for r in exp.runs})))),
+        _li("Seeds", escape(", ".join(str(s) for s in sorted({r.seed for r in exp.runs})))),
         _li("Target modules", escape(", ".join(cfg["target_modules"]))),
         _li("Adapters", adapters),
         _li(
@@ -114,20 +114,7 @@ def _setup_items(exp: Experiment) -> list[str]:
             ),
         ),
     ]
-    fisher = [r for r in exp.runs if r.get("fisher")]
-    if fisher:
-        ks = sorted({r["fisher"]["warmup_steps"] for r in fisher})
-        lams = sorted({r["config"]["fisher_lam"] for r in fisher}, key=str)
-        items.append(
-            _li(
-                "FW-LoRA",
-                escape(
-                    f"warm-up K = {', '.join(map(str, ks))} steps, EMA decay "
-                    f"{fisher[0]['config']['fisher_alpha']:g}, λ = "
-                    f"{', '.join(lam if isinstance(lam, str) else f'{lam:g}' for lam in lams)}"
-                ),
-            )
-        )
+    items += _fisher_items(exp)
     extras = []
     if cfg.get("modules_to_save"):
         extras.append(f"fully trained with the head: {', '.join(cfg['modules_to_save'])}")
@@ -139,6 +126,21 @@ def _setup_items(exp: Experiment) -> list[str]:
     if notes:
         items.append(_li("Notes", escape("; ".join(notes))))
     return items
+
+
+def _fisher_items(exp: Experiment) -> list[str]:
+    """The FW-LoRA runs' warm-up K, EMA decay and λ (none without FW-LoRA runs)."""
+    fisher = [r for r in exp.runs if r.fisher]
+    if not fisher:
+        return []
+    ks = sorted({r.fisher.warmup_steps for r in fisher if r.fisher and r.fisher.warmup_steps})
+    lams = sorted({r["config"]["fisher_lam"] for r in fisher}, key=str)
+    text = (
+        f"warm-up K = {', '.join(map(str, ks))} steps, EMA decay "
+        f"{fisher[0]['config']['fisher_alpha']:g}, λ = "
+        f"{', '.join(lam if isinstance(lam, str) else f'{lam:g}' for lam in lams)}"
+    )
+    return [_li("FW-LoRA", escape(text))]
 
 
 def _results_table(exp: Experiment) -> str:
@@ -321,7 +323,7 @@ def _results_figures(exp: Experiment, figures: _Figures) -> list[str]:
             out.append(
                 figures.figure(
                     fig_dir / f"{run['run']}_{kind}.png",
-                    caption.format(label=label, seed=run["seed"]),
+                    caption.format(label=label, seed=run.seed),
                 )
             )
     return [f for f in out if f]

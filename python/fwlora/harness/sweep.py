@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,14 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from fwlora._core import MAX_TARGET_RATIO  # the limit, defined once in the Rust core
+from fwlora.harness import methods as registry
 from fwlora.harness import stats
 from fwlora.harness.artefacts import correct_predictions
-from fwlora.harness.config import RunConfig, run_lists
+from fwlora.harness.config import DEFAULT_SEEDS, RunConfig, run_lists
 from fwlora.harness.errors import HarnessError
+from fwlora.harness.run_metrics import RunMetrics, decode_runs
 
+# `fwlora sweep`'s defaults (its --help shows them from here).
 DEFAULT_METHODS = ("lora", "fw-lora", "l2-lora")
 DEFAULT_LAMS = (1e-4, 1e-2, 1e-1)
 # The curve's x axis: λ given by hand, or the target ratio λ was calibrated to.
@@ -42,13 +45,15 @@ def grid_label(
     normalization: str | None = None,
     target_ratio: float | None = None,
 ) -> str:
-    """`lora`, `fw-lora-sum-lam0.01`, `l2-lora-lam0.01`; `fw-lora-sum-tr0.1` with a target."""
-    if method not in ("fw-lora", "l2-lora"):
+    """`lora`, `fw-lora-sum-lam0.01`, `l2-lora-lam0.01`; `fw-lora-sum-tr0.1` with a target.
+    Methods without λ keep their name; a fixed normalisation (l2-lora's) is not in the label."""
+    defined = registry.lookup(method)
+    if defined is None or not defined.fisher:
         return method
     strength = f"lam{lam:g}" if target_ratio is None else f"tr{target_ratio:g}"
-    if method == "fw-lora":
-        return f"fw-lora-{normalization}-{strength}"
-    return f"l2-lora-{strength}"
+    if defined.fixed_normalization:
+        return f"{method}-{strength}"
+    return f"{method}-{normalization}-{strength}"
 
 
 def strength_text(axis: str, value: float) -> str:
@@ -81,7 +86,7 @@ def plan_grid(
     methods: Sequence[str] = DEFAULT_METHODS,
     lams: Sequence[float] = DEFAULT_LAMS,
     normalizations: Sequence[str] = DEFAULT_NORMALIZATIONS,
-    seeds: Sequence[int] = (42,),
+    seeds: Sequence[int] = DEFAULT_SEEDS,
     target_ratios: Sequence[float] | None = None,
 ) -> list[RunConfig]:
     """Every (method, λ, normalisation) of the grid for every seed, seed-major (so an
@@ -100,17 +105,16 @@ def plan_grid(
         ]
     cells: list[tuple[str, str | None, dict]] = []  # (method, variant, changes)
     for method in methods:
-        if method == "fw-lora":
-            for norm in normalizations:
-                for strength, lam, target in strengths:
-                    changes = {**strength, "fisher_normalization": norm}
-                    cells.append((method, grid_label(method, lam, norm, target), changes))
-        elif method == "l2-lora":
-            for strength, lam, target in strengths:
-                changes = {**strength, "fisher_normalization": None}
-                cells.append((method, grid_label(method, lam, None, target), changes))
-        else:
+        defined = registry.lookup(method)
+        if defined is None or not defined.fisher:
             cells.append((method, None, {}))
+            continue
+        # A fixed normalisation (l2-lora's) is the method's own; else each of the grid's.
+        norms = [None] if defined.fixed_normalization else list(normalizations)
+        for norm in norms:
+            for strength, lam, target in strengths:
+                changes = {**strength, "fisher_normalization": norm}
+                cells.append((method, grid_label(method, lam, norm, target), changes))
     return [
         base.replace(method=method, seed=seed, variant=variant, **changes)
         for seed in seeds
@@ -146,13 +150,10 @@ def _lams(value: Any, key: str = "lams", high: float = math.inf) -> list[float]:
     return out
 
 
-def _strength_axis(file: dict[str, Any], args: Any) -> dict[str, Any]:
+def _strength_axis(file: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
     """lams or target_ratios (one or the other): from the flags if either is given there,
     else from the config file, else the default λ."""
-    for where, layer in (
-        ("flags", {k: getattr(args, k, None) for k in ("lams", "target_ratios")}),
-        ("config file", file),
-    ):
+    for where, layer in (("flags", flags), ("config file", file)):
         lams, targets = layer.get("lams"), layer.get("target_ratios")
         if lams is not None and targets is not None:
             raise HarnessError(
@@ -169,26 +170,28 @@ def _strength_axis(file: dict[str, Any], args: Any) -> dict[str, Any]:
     return {"lams": list(DEFAULT_LAMS), "target_ratios": None}
 
 
-def sweep_lists(file: dict[str, Any], args: Any) -> dict[str, Any]:
-    """methods, seeds, lams, normalizations of `fwlora sweep`: flags over the config file
-    over the defaults, each checked."""
-
-    def pick(key: str, default: Any) -> Any:
-        flag = getattr(args, key, None)
-        return flag if flag is not None else file.get(key, default)
-
+def sweep_lists(
+    file: Mapping[str, Any],
+    methods: Any = None,
+    seeds: Any = None,
+    lams: Any = None,
+    target_ratios: Any = None,
+    normalizations: Any = None,
+) -> dict[str, Any]:
+    """methods, seeds, lams (or target_ratios), normalizations of `fwlora sweep`: each flag
+    (None: not given) over the config file's `file` over the defaults, each checked."""
     lists = run_lists(
-        {"methods": list(DEFAULT_METHODS), "seeds": [42]},
+        {"methods": list(DEFAULT_METHODS), "seeds": list(DEFAULT_SEEDS)},
         {"methods": file.get("methods"), "seeds": file.get("seeds")},
-        {"methods": getattr(args, "methods", None), "seeds": getattr(args, "seeds", None)},
+        {"methods": methods, "seeds": seeds},
     )
-    norms = [
-        str(n) for n in _items("normalizations", pick("normalizations", DEFAULT_NORMALIZATIONS))
-    ]
+    if normalizations is None:
+        normalizations = file.get("normalizations", DEFAULT_NORMALIZATIONS)
+    norms = [str(n) for n in _items("normalizations", normalizations)]
     return {
         "methods": list(lists.methods),
         "seeds": list(lists.seeds),
-        **_strength_axis(file, args),
+        **_strength_axis(file, {"lams": lams, "target_ratios": target_ratios}),
         "normalizations": norms,
     }
 
@@ -198,10 +201,6 @@ SWEEP_TESTS = "sweep_tests.json"
 SWEEP_SCHEMA = "fwlora.sweep-tests/1"
 CURVE_STEM = "sweep_lambda_curve"
 RATIO_STEM = "sweep_penalty_ratio"
-
-
-def _series_name(method: str, normalization: str | None) -> str:
-    return f"fw-lora ({normalization})" if method == "fw-lora" else method
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
@@ -219,14 +218,14 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, A
     return out
 
 
-def _penalty_weights(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _penalty_weights(runs: list[RunMetrics]) -> dict[str, Any] | None:
     """The per-matrix penalty weights 1 − I_m of the runs (their frozen importances): the
     range over matrices and runs, and the total Σ_m (1 − I_m) (mean over runs). How far
     they spread is how much the Fisher weighting can differ from a uniform L2."""
     weights = [
-        1.0 - np.asarray(list(r["fisher"]["importance"].values()), dtype=float)
+        1.0 - np.asarray(list(r.fisher.importance.values()), dtype=float)
         for r in runs
-        if r.get("fisher") and r["fisher"].get("importance")
+        if r.fisher and r.fisher.importance
     ]
     if not weights:
         return None
@@ -252,20 +251,20 @@ def series_weights(points: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def _achieved(run: dict[str, Any]) -> float | None:
+def _achieved(run: RunMetrics) -> float | None:
     """The run's median ‖∇P‖/‖∇L_task‖ over its penalised steps (None: none penalised)."""
-    return (run.get("fisher") or {}).get("penalty_grad_ratio")
+    return run.fisher.penalty_grad_ratio if run.fisher else None
 
 
-def _cell(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    runs = sorted(runs, key=lambda r: r["seed"])
+def _cell(runs: list[RunMetrics], metric: str) -> dict[str, Any]:
+    runs = sorted(runs, key=_seed)
     values = [float(r[metric]) for r in runs]
     achieved = [_achieved(r) for r in runs]
     ratios = [float(v) for v in achieved if v is not None]
-    macro = [r.get("final_eval_macro_f1") for r in runs]
+    macro = [r.final_eval_macro_f1 for r in runs]
     return {
-        "seeds": [r["seed"] for r in runs],
-        "runs": [r["run"] for r in runs],
+        "seeds": [r.seed for r in runs],
+        "runs": [r.run for r in runs],
         "values": values,
         # Runs written before macro-F1 existed: None.
         "values_macro_f1": None if None in macro else [float(v or 0.0) for v in macro],
@@ -277,48 +276,61 @@ def _cell(runs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     }
 
 
-def lambda_curve(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def lambda_curve(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Held-out metric (final epoch) per method series and λ, mean ± 95 % t-CI over seeds;
     plain LoRA as one cell (its band). Series: fw-lora (sum), fw-lora (max), l2-lora.
 
     `axis` is "target_ratio" when every penalised run calibrated λ to a target ratio
     (fisher_lam "auto"): the points are then per target, with the calibrated λ of each seed
-    in `lams`; otherwise "lam" (an auto run among λ-runs sits at its calibrated λ)."""
-    primary = runs[0].get("primary_metric", "acc") if runs else "acc"
+    in `lams`; otherwise "lam" (an auto run among λ-runs sits at its calibrated λ). `runs`:
+    run records (or their JSON objects)."""
+    records = decode_runs(runs)
+    primary = records[0].get("primary_metric", "acc") if records else "acc"
     metric = f"final_eval_{primary}"
-    penalised = [
-        r for r in runs if r["method"] in ("fw-lora", "l2-lora") and (r.get("fisher") or {})
-    ]
-    auto = bool(penalised) and all(r["fisher"].get("target_ratio") for r in penalised)
+    penalised = [r for r in records if registry.is_fisher(r.method) and r.fisher]
+    auto = bool(penalised) and all(r.fisher.target_ratio for r in penalised if r.fisher)
     axis = "target_ratio" if auto else "lam"
-    cells: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    lora: list[dict[str, Any]] = []
-    for run in runs:
-        fisher = run.get("fisher") or {}
-        if run["method"] == "lora":
-            lora.append(run)
-        elif any(run is r for r in penalised) and fisher.get(axis):
-            name = _series_name(run["method"], fisher.get("normalization"))
-            cells.setdefault((name, float(fisher[axis])), []).append(run)
-    series: dict[str, list[dict[str, Any]]] = {}
-    order = {"fw-lora (sum)": 0, "fw-lora (max)": 1, "l2-lora": 3}
-    for (name, x), members in sorted(
-        cells.items(), key=lambda kv: (order.get(kv[0][0], 2), kv[0][0], kv[0][1])
-    ):
-        point = {axis: x, **_cell(members, metric)}
-        if auto:  # the λ each seed's run calibrated (None: never calibrated)
-            point["lams"] = [r["fisher"].get("lam") for r in sorted(members, key=_seed)]
-        series.setdefault(name, []).append(point)
+    baseline = registry.baseline().name
+    lora = [r for r in records if r.method == baseline]
     return {
         "metric": metric,
         "axis": axis,
         "lora": _cell(lora, metric) if lora else None,
-        "series": series,
+        "series": _series(penalised, axis, metric, auto),
     }
 
 
-def _seed(run: dict[str, Any]) -> int:
-    return int(run["seed"])
+# A series' place among a method's: the grid's normalisations first, in their order.
+SERIES_NORMALIZATION_ORDER = {"sum": 0, "max": 1}
+
+
+def _series(
+    penalised: list[RunMetrics], axis: str, metric: str, auto: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """The curve's series: per series (method, normalisation) its points along `axis`, in
+    the methods' order (fw-lora (sum), fw-lora (max), l2-lora)."""
+    cells: dict[tuple[str, float], list[RunMetrics]] = {}
+    order: dict[str, tuple[int, int]] = {}
+    for run in penalised:
+        fisher = run.fisher
+        if fisher is None or not fisher.value(axis):
+            continue
+        method = registry.get(run.method)
+        name = method.series(fisher.normalization)
+        norm = SERIES_NORMALIZATION_ORDER.get(fisher.normalization or "", 2)
+        order[name] = (method.order, norm)
+        cells.setdefault((name, float(fisher.value(axis))), []).append(run)
+    series: dict[str, list[dict[str, Any]]] = {}
+    for (name, x), members in sorted(cells.items(), key=lambda kv: (order[kv[0][0]], *kv[0])):
+        point = {axis: x, **_cell(members, metric)}
+        if auto:  # the λ each seed's run calibrated (None: never calibrated)
+            point["lams"] = [r.fisher.lam if r.fisher else None for r in sorted(members, key=_seed)]
+        series.setdefault(name, []).append(point)
+    return series
+
+
+def _seed(run: RunMetrics) -> int:
+    return int(run.seed)
 
 
 def curve_axis(curve: dict[str, Any]) -> str:
@@ -373,7 +385,7 @@ def against_lora(curve: dict[str, Any], margin: float) -> list[dict[str, Any]]:
             tests.append(
                 {
                     "method": name,
-                    "control": "lora",
+                    "control": registry.baseline().name,
                     axis: point[axis],
                     "axis": axis,
                     "seeds": seeds,
@@ -411,13 +423,14 @@ def frontier(
     interpolated linearly in log(achieved ratio) along that seed's own runs of each series
     (no extrapolation: a seed counts at a strength both of its curves reach), then paired
     over seeds at each strength of FRONTIER_GRID."""
-    control = curve["series"].get("l2-lora")
+    control_name = registry.control().name  # l2-lora
+    control = curve["series"].get(control_name)
     if not control:
         return []
     seeds = sorted({s for p in control for s in p["seeds"]})
     tests = []
     for name, points in curve["series"].items():
-        if name == "l2-lora":
+        if name == control_name:
             continue
         for x in grid:
             paired: dict[str, Any] = {}
@@ -442,7 +455,7 @@ def frontier(
                 tests.append(
                     {
                         "method": name,
-                        "control": "l2-lora",
+                        "control": control_name,
                         "achieved_ratio": x,
                         "seeds": used,
                         "paired": paired,
@@ -458,10 +471,11 @@ def paired_fw_vs_l2(
     Wilcoxon over the seeds' final metric, McNemar per seed and pooled over seeds (from the
     runs' predictions.json, when `run_dirs` is given)."""
     axis = curve_axis(curve)
-    control = {p[axis]: p for p in curve["series"].get("l2-lora", [])}
+    control_name = registry.control().name  # l2-lora
+    control = {p[axis]: p for p in curve["series"].get(control_name, [])}
     tests = []
     for name, points in curve["series"].items():
-        if name == "l2-lora":
+        if name == control_name:
             continue
         for point in points:
             ref = control.get(point[axis])
@@ -472,7 +486,7 @@ def paired_fw_vs_l2(
             b = [ref["values"][ref["seeds"].index(s)] for s in seeds]
             test: dict[str, Any] = {
                 "method": name,
-                "control": "l2-lora",
+                "control": control_name,
                 axis: point[axis],
                 "axis": axis,
                 "seeds": seeds,
@@ -497,7 +511,7 @@ def paired_fw_vs_l2(
 
 
 def sweep_document(
-    runs: list[dict[str, Any]],
+    runs: Sequence[Mapping[str, Any]],
     run_dirs: dict[str, Path] | None = None,
     margin: float = stats.DEFAULT_MARGIN,
 ) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,11 @@ from fwlora.harness.errors import HarnessError
 from fwlora.harness.plots import module_position
 
 RANKINGS = ("fisher", "per-weight")
+# `fwlora targeting`'s defaults (its --help shows them from here; its seeds:
+# config.DEFAULT_SEEDS): the rankings, and k as this fraction of the adapted matrices when
+# neither k nor fraction is given.
+DEFAULT_RANK_BY = ("fisher",)
+DEFAULT_FRACTION = 0.25
 SETS = ("top", "random", "type", "layer", "bottom")
 CONTROLS = ("random", "type", "layer", "bottom")
 # How each control is matched to TOP (the page's and the summary's words).
@@ -91,7 +97,7 @@ def resolve_k(k: int | None, fraction: float | None, matrices: int) -> int:
 
 
 def rankings(text: str | list[str] | None) -> list[str]:
-    items = text.split(",") if isinstance(text, str) else list(text or ["fisher"])
+    items = text.split(",") if isinstance(text, str) else list(text or DEFAULT_RANK_BY)
     items = [i.strip() for i in items]
     bad = [i for i in items if i not in RANKINGS]
     if bad or not items or len(set(items)) != len(items):
@@ -117,8 +123,8 @@ def adaptable_matrices(cfg: RunConfig, num_labels: int) -> list[budget.TargetLin
 
 def check_warmup(cfg: RunConfig, train_examples: int) -> None:
     """Refuses, before any warm-up runs, a K the run's steps never get past."""
+    from fwlora.harness.methods import fisher_warmup_steps
     from fwlora.harness.preflight import optimizer_steps
-    from fwlora.harness.train import fisher_warmup_steps
 
     total = optimizer_steps(cfg, train_examples)
     k = fisher_warmup_steps(cfg, total)
@@ -369,7 +375,7 @@ def ranking_stability(fisher: dict[int, dict[str, float]]) -> dict[str, Any]:
     }
 
 
-def _run_record(run: dict[str, Any] | None, names: list[str], params: int) -> dict[str, Any]:
+def _run_record(run: Mapping[str, Any] | None, names: list[str], params: int) -> dict[str, Any]:
     """What the committed data keeps of one arm's run (None fields: not finished yet)."""
     record: dict[str, Any] = {"set": names, "lora_params": params}
     if run is None:
@@ -387,8 +393,9 @@ def _run_record(run: dict[str, Any] | None, names: list[str], params: int) -> di
     }
 
 
-def seed_records(plan: Plan, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per seed: its F_m and, per ranking, every arm's set, size and finished run."""
+def seed_records(plan: Plan, runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per seed: its F_m and, per ranking, every arm's set, size and finished run (`runs`:
+    run records, or the parts of their JSON objects it reads)."""
     by = {(r["label"], r["seed"]): r for r in runs}
     records = []
     for s in sorted(plan.fisher):
@@ -517,7 +524,7 @@ def document(
     return doc
 
 
-def analyse(plan: Plan, runs: list[dict[str, Any]], margin: float = DEFAULT_MARGIN) -> dict:
+def analyse(plan: Plan, runs: Sequence[Mapping[str, Any]], margin: float = DEFAULT_MARGIN) -> dict:
     """targeting.json of one experiment."""
     shapes = {m.name: [m.in_features, m.out_features] for m in plan.matrices}
     return document(seed_records(plan, runs), plan.k, plan.rank_by, shapes, margin)
@@ -647,7 +654,7 @@ def _summary_lines_v1(doc: dict[str, Any]) -> list[str]:
 
 
 def write_targeting(
-    out_dir: Path, plan: Plan, runs: list[dict[str, Any]], margin: float = DEFAULT_MARGIN
+    out_dir: Path, plan: Plan, runs: Sequence[Mapping[str, Any]], margin: float = DEFAULT_MARGIN
 ) -> dict[str, Any]:
     doc = analyse(plan, runs, margin)
     (out_dir / TARGETING_FILE).write_text(json.dumps(doc, indent=2), encoding="utf-8")

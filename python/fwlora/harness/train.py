@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fwlora.harness import methods
 from fwlora.harness.batching import Encoded
 from fwlora.harness.checkpoint import (
     CHECKPOINT,
@@ -32,17 +33,16 @@ from fwlora.harness.checkpoint import (
     save_checkpoint,
     save_partial_predictions,
 )
-from fwlora.harness.config import FISHER_METHODS, RunConfig, save_config
+from fwlora.harness.config import RunConfig, save_config
 from fwlora.harness.data import TaskData, load_task
 from fwlora.harness.errors import HarnessError
 from fwlora.harness.evaluation import evaluate
+from fwlora.harness.methods import Method, fisher_warmup_steps
 from fwlora.harness.metrics import classification_metrics, primary_metric
-from fwlora.harness.models import AdapterInfo, adalora_final_ranks, attach_adapters, load_backbone
+from fwlora.harness.models import AdapterInfo, attach_adapters, load_backbone
 from fwlora.harness.progress import say, steps
 from fwlora.harness.resources import PeakMemory, cpu_threads, pick_device, seed_everything
-from fwlora.integrations.common import IMPORTANCE_FILE
-
-RUN_SCHEMA = "fwlora.run-metrics/1"
+from fwlora.harness.run_metrics import COMPLETE, RUN_SCHEMA, RunMetrics, write_run
 
 
 def run_name(cfg: RunConfig, model_display: str, task: str) -> str:
@@ -73,33 +73,9 @@ def penalty_message(ratio: float | None, lam: float | None) -> str | None:
     )
 
 
-def fisher_warmup_steps(cfg: RunConfig, total_steps: int) -> int:
-    if cfg.fisher_warmup_fraction is not None:
-        return max(1, round(cfg.fisher_warmup_fraction * total_steps))
-    return cfg.fisher_warmup
-
-
 def build_optimizer(model, cfg: RunConfig, total_steps: int):
-    if cfg.method in FISHER_METHODS:  # l2-lora: FisherAdamW with uniform importances
-        from fwlora.optim import FisherAdamW
-
-        return FisherAdamW(
-            model,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            warmup=fisher_warmup_steps(cfg, total_steps),
-            lam=cfg.fisher_lam,
-            target_ratio=cfg.fisher_target_ratio,
-            alpha=cfg.fisher_alpha,
-            normalization=cfg.normalization,
-            seed=cfg.seed,
-            # Every penalised step's ratio, so metrics' median is the run's median (a pass
-            # over the LoRA gradients per step: research read-out over speed).
-            ratio_every=1,
-        )
-    from fwlora.optim import adamw_param_groups
-
-    return torch.optim.AdamW(adamw_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    """The optimizer of cfg.method (from its definition in `methods`)."""
+    return methods.get(cfg.method).optimizer(model, cfg, total_steps)
 
 
 @dataclass
@@ -124,18 +100,20 @@ class RunState:
     fisher_k: int | None
     notes: list[str]
 
+    @property
+    def method(self) -> Method:
+        return methods.get(self.cfg.method)
+
 
 def train_run(
     cfg: RunConfig, run_dir: Path, data: TaskData | None = None, resume: bool = False
-) -> dict[str, Any]:
+) -> RunMetrics:
     """Trains one run into `run_dir` and returns its metrics (also in run_dir/metrics.json)."""
     with cpu_threads(cfg.num_threads):
         return _train_run(cfg, run_dir, data, resume)
 
 
-def _train_run(
-    cfg: RunConfig, run_dir: Path, data: TaskData | None, resume: bool
-) -> dict[str, Any]:
+def _train_run(cfg: RunConfig, run_dir: Path, data: TaskData | None, resume: bool) -> RunMetrics:
     run = setup_run(cfg, run_dir, data)
     progress = _restore(run, resume)
     saved = load_partial_predictions(run_dir) if progress["epoch"] > 0 else None
@@ -162,7 +140,7 @@ def _train_run(
                 peak_memory_mb=memory.peak_mb(),
                 peak_memory_kind=memory.kind,
             )
-            if cfg.method in FISHER_METHODS:
+            if run.method.fisher:
                 row["fisher_phase"] = run.optimizer.phase
                 # One host transfer per epoch (the optimizer keeps them on the device).
                 progress["penalty_grad_ratios"] = (
@@ -178,7 +156,11 @@ def _train_run(
                 final_preds = preds
                 save_partial_predictions(run_dir, best_preds, final_preds)
             progress["epoch"] = epoch
-            save_checkpoint(run_dir / CHECKPOINT, run.model, run.optimizer, run.scheduler, progress)
+            state = run.method.state
+            extra = {state.key: state.save(run.model)} if state else None
+            save_checkpoint(
+                run_dir / CHECKPOINT, run.model, run.optimizer, run.scheduler, progress, extra
+            )
             say(_epoch_line(run, row), cfg.quiet)
     if final_preds is None or best_preds is None:  # finished checkpoint, predictions deleted
         raise HarnessError(
@@ -219,7 +201,8 @@ def setup_run(cfg: RunConfig, run_dir: Path, data: TaskData | None) -> RunState:
     )
     save_config(cfg, run_dir / "config.yaml")
     notes = list(data.notes)
-    fisher_k = fisher_warmup_steps(cfg, total_steps) if cfg.method in FISHER_METHODS else None
+    fisher = methods.get(cfg.method).fisher
+    fisher_k = fisher_warmup_steps(cfg, total_steps) if fisher else None
     if fisher_k is not None and fisher_k >= total_steps:
         note = (
             f"K={fisher_k} >= total steps {total_steps}: importances never freeze and the "
@@ -252,7 +235,9 @@ def _restore(run: RunState, resume: bool) -> dict[str, Any]:
     """The run's progress: restored from its checkpoint on --resume, else a fresh one."""
     checkpoint = run.run_dir / CHECKPOINT
     if resume and checkpoint.is_file():
-        progress = load_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler)
+        state = run.method.state
+        restore = {state.key: state.load} if state else None
+        progress = load_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler, restore)
         say(f"[{run.name}] resuming after epoch {progress['epoch']}", run.cfg.quiet)
         return progress
     return {"epoch": 0, "global_step": 0, "history": [], "step_losses": [], "elapsed_sec": 0.0}
@@ -267,12 +252,13 @@ def _train_epoch(run: RunState, epoch: int, progress: dict[str, Any]) -> tuple[f
     bar = steps(
         range(run.steps_per_epoch), desc=f"{run.name} epoch {epoch}/{cfg.epochs}", quiet=cfg.quiet
     )
+    after_step = run.method.after_step
     for i in bar:
         index = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         step_loss, step_correct = train_step(run, run.train_data.batch(index, run.device))
         progress["global_step"] += 1
-        if cfg.method == "adalora":
-            run.model.base_model.update_and_allocate(progress["global_step"])
+        if after_step is not None:  # e.g. AdaLoRA's budget step
+            after_step(run.model, progress["global_step"])
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         progress["step_losses"].append(step_loss)
@@ -343,91 +329,73 @@ def _epoch_line(run: RunState, row: dict[str, Any]) -> str:
 
 def _finish(
     run: RunState, progress: dict[str, Any], best_preds: np.ndarray, final_preds: np.ndarray
-) -> dict[str, Any]:
-    """metrics.json, predictions.json and the importance file of a finished run."""
+) -> RunMetrics:
+    """metrics.json, predictions.json and the method's own records (e.g. the importance
+    file) of a finished run."""
     cfg, run_dir = run.cfg, run.run_dir
-    metrics = _run_metrics(run, progress)
-    metrics["fisher"] = None
-    if cfg.method in FISHER_METHODS:
-        run.optimizer.export_json(run_dir / IMPORTANCE_FILE)
-        ratios = progress.get("penalty_grad_ratios", [])
-        metrics["fisher"] = {
-            "warmup_steps": run.fisher_k,
-            # λ in effect: fisher_lam, or the calibrated one with "auto" (None: never was)
-            "lam": run.optimizer.lam,
-            "target_ratio": run.optimizer.target_ratio,
-            "normalization": cfg.normalization,
-            "phase": run.optimizer.phase,
-            # median over the run's penalised steps of ‖∇P‖/‖∇L_task‖ (None: none penalised)
-            "penalty_grad_ratio": float(np.median(ratios)) if ratios else None,
-            "penalised_steps": len(ratios),
-            "importance": run.optimizer.importance,
-            "fisher": run.optimizer.fisher,
-        }
-        message = penalty_message(metrics["fisher"]["penalty_grad_ratio"], run.optimizer.lam)
-        if message:
-            metrics["notes"].append(message)
-            say(f"[{run.name}] {message}")
-    metrics["adalora"] = None
-    if cfg.method == "adalora":
-        metrics["adalora"] = {"final_ranks": adalora_final_ranks(run.model)}
+    # Every method record's key, null unless the run's method records it.
+    extras: dict[str, Any] = dict.fromkeys(methods.record_keys())
+    for record in run.method.records:
+        extras[record.key] = record.build(run, progress)
+    metrics = _run_metrics(run, progress, extras)
     predictions = {
         "run": run.name,
         "labels": run.eval_data.labels.tolist(),
         "final": final_preds.tolist(),
         "best": best_preds.tolist(),
-        "best_epoch": metrics["best_epoch"],
+        "best_epoch": metrics.best_epoch,
         "final_epoch": cfg.epochs,
     }
     (run_dir / "predictions.json").write_text(json.dumps(predictions))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_run(run_dir, metrics)
     # Last: until metrics.json exists, --resume needs the partial predictions.
     (run_dir / PARTIAL_PREDICTIONS).unlink(missing_ok=True)
     return metrics
 
 
-def _run_metrics(run: RunState, progress: dict[str, Any]) -> dict[str, Any]:
+def _run_metrics(run: RunState, progress: dict[str, Any], extras: dict[str, Any]) -> RunMetrics:
     cfg, data, history = run.cfg, run.data, progress["history"]
     primary = primary_metric(data.name)
     evaluated = [h for h in history if "eval_acc" in h]  # evaluate="final": the last only
     best = max(evaluated, key=lambda h: (h[f"eval_{primary}"], h["epoch"]))  # ties: later
     final = history[-1]
-    return {
-        "schema": RUN_SCHEMA,
-        "status": "complete",
-        "run": run.name,
-        "label": cfg.label,
-        "method": cfg.method,
-        "task": data.name,
-        "model": cfg.model,
-        "model_display": run.model_display,
-        "seed": cfg.seed,
-        "primary_metric": primary,
-        "best_epoch": best["epoch"],
-        "best_eval_acc": max(h["eval_acc"] for h in evaluated),
-        "best_eval_mcc": max(h["eval_mcc"] for h in evaluated),
-        "best_eval_f1": max(h["eval_f1"] for h in evaluated),
-        "final_eval_acc": final["eval_acc"],
-        "final_eval_f1": final["eval_f1"],
-        "final_eval_mcc": final["eval_mcc"],
-        "final_eval_macro_f1": final["eval_macro_f1"],
-        "final_eval_recall": final["eval_recall"],
-        "final_confusion_matrix": final["confusion_matrix"],
-        "final_eval_loss": final["eval_loss"],
-        "final_train_loss": final["train_loss"],
-        "final_train_acc": final["train_acc"],
-        "runtime_sec": final["wall_clock_sec"],
-        "train_time_sec": sum(h["train_time_sec"] for h in history),
-        "peak_memory_mb": max(h["peak_memory_mb"] for h in history),
-        "peak_memory_kind": final["peak_memory_kind"],
-        "total_steps": run.total_steps,
-        "device": run.device.type,
-        "precision": "bf16" if run.bf16 else "fp32",
-        "torch_version": torch.__version__,
-        "adapters": run.adapters.to_dict(),
-        "data": data.summary(),
-        "epochs": history,
-        "train_loss_steps": progress["step_losses"],
-        "config": cfg.to_dict(),
-        "notes": run.notes,
-    }
+    return RunMetrics(
+        schema=RUN_SCHEMA,
+        status=COMPLETE,
+        run=run.name,
+        label=cfg.label,
+        method=cfg.method,
+        task=data.name,
+        model=cfg.model,
+        model_display=run.model_display,
+        seed=cfg.seed,
+        primary_metric=primary,
+        best_epoch=best["epoch"],
+        best_eval_acc=max(h["eval_acc"] for h in evaluated),
+        best_eval_mcc=max(h["eval_mcc"] for h in evaluated),
+        best_eval_f1=max(h["eval_f1"] for h in evaluated),
+        final_eval_acc=final["eval_acc"],
+        final_eval_f1=final["eval_f1"],
+        final_eval_mcc=final["eval_mcc"],
+        final_eval_macro_f1=final["eval_macro_f1"],
+        final_eval_recall=final["eval_recall"],
+        final_confusion_matrix=final["confusion_matrix"],
+        final_eval_loss=final["eval_loss"],
+        final_train_loss=final["train_loss"],
+        final_train_acc=final["train_acc"],
+        runtime_sec=final["wall_clock_sec"],
+        train_time_sec=sum(h["train_time_sec"] for h in history),
+        peak_memory_mb=max(h["peak_memory_mb"] for h in history),
+        peak_memory_kind=final["peak_memory_kind"],
+        total_steps=run.total_steps,
+        device=run.device.type,
+        precision="bf16" if run.bf16 else "fp32",
+        torch_version=torch.__version__,
+        adapters=run.adapters.to_dict(),
+        data=data.summary(),
+        epochs=history,
+        train_loss_steps=progress["step_losses"],
+        config=cfg.to_dict(),
+        notes=run.notes,
+        extras=extras,
+    )
