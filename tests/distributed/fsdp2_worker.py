@@ -35,9 +35,9 @@ from torch.distributed.tensor.debug import CommDebugMode  # noqa: E402
 
 from fwlora import FisherAdamW  # noqa: E402
 from fwlora.optim import distributed as fw_dist  # noqa: E402
-from fwlora.optim.checkpoint import take_entry  # noqa: E402
 from fwlora.optim.options import DEFAULTS  # noqa: E402
 from fwlora.optim.penalty import FisherPenalty  # noqa: E402
+from fwlora.optim.state_entry import take_entry  # noqa: E402
 from fwlora.optim.targets import find_adapter_matrices  # noqa: E402
 from tiny import batches, tiny_lora_model  # noqa: E402
 

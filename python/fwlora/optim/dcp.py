@@ -1,7 +1,7 @@
 """torch.distributed.checkpoint (DCP) and FW-LoRA: torch's own functions carry its state.
 
 FW-LoRA's state is an entry of the optimizer's first param group (see
-:mod:`fwlora.optim.checkpoint`), and ``get_optimizer_state_dict``/``set_optimizer_state_dict``
+:mod:`fwlora.optim.state_entry`), and ``get_optimizer_state_dict``/``set_optimizer_state_dict``
 of ``torch.distributed.checkpoint.state_dict`` keep every key of a param group: call torch's
 functions (accelerate and the Trainer do) — nothing FW-LoRA-specific is needed.
 
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fwlora.optim.checkpoint import STATE_KEY
+from fwlora.optim.state_entry import STATE_KEY
 
 
 def _deprecated(name: str) -> None:

@@ -12,7 +12,7 @@ Per optimizer step t (1-based):
 This class is the thin facade that binds the parts to an optimizer: `Observation`
 (observation.py: the Rust core, the warm-up statistic and the rows on their way into the
 core) and `StepPipeline` (pipeline.py: calibration, penalty, decoupled decay, strength); the
-state travels in the optimizer's own state dict (checkpoint.py: a param-group entry written
+state travels in the optimizer's own state dict (state_entry.py: a param-group entry written
 by a state-dict hook and read back by a load hook).
 """
 
@@ -26,7 +26,14 @@ from torch import nn
 
 from fwlora._core import FisherCore
 from fwlora.optim.calibration import check_state as check_calibration_state
-from fwlora.optim.checkpoint import (
+from fwlora.optim.decoupled import has_decoupled_decay
+from fwlora.optim.observation import Observation, zero_step
+from fwlora.optim.options import FisherOptions
+from fwlora.optim.penalty import FisherPenalty
+from fwlora.optim.pipeline import StepPipeline, amp_state
+from fwlora.optim.readouts import ReadOuts
+from fwlora.optim.sharding import check_sharding, current_matrices
+from fwlora.optim.state_entry import (
     check_fisher_state,
     fisher_state,
     saved_calibration,
@@ -35,13 +42,6 @@ from fwlora.optim.checkpoint import (
     warn_adopted_options,
     with_entry,
 )
-from fwlora.optim.decoupled import has_decoupled_decay
-from fwlora.optim.observation import Observation, zero_step
-from fwlora.optim.options import FisherOptions
-from fwlora.optim.penalty import FisherPenalty
-from fwlora.optim.pipeline import StepPipeline, amp_state
-from fwlora.optim.readouts import ReadOuts
-from fwlora.optim.sharding import check_sharding, current_matrices
 from fwlora.optim.statistics import GradientStatistics
 from fwlora.optim.strength import PenaltyStrength
 from fwlora.optim.targets import (
@@ -138,7 +138,7 @@ class FisherWeighting(ReadOuts):
 
     def hook_state_dict(self, optimizer: torch.optim.Optimizer) -> list[Any]:
         """Carries FW-LoRA's state in `optimizer`'s own state dict (an entry of its first
-        param group, see checkpoint.py): the hooks' handles."""
+        param group, see state_entry.py): the hooks' handles."""
         return [
             optimizer.register_state_dict_post_hook(self._state_dict_hook),
             optimizer.register_load_state_dict_pre_hook(self._load_pre_hook),
