@@ -43,10 +43,20 @@ class Adapters:
     extra: dict[str, Any]
 
 
-# (cfg, target linears, rank, total steps, modules_to_save) → the method's adapters.
-AdapterBuilder = Callable[
-    ["RunConfig", list[budget.TargetLinear], int, int, "list[str] | None"], Adapters
-]
+@dataclass(frozen=True)
+class AdapterRequest:
+    """What a method's adapters are built for: the run's settings, its target linears, the
+    LoRA rank (from the budget when one is set), the run's optimizer steps and the modules
+    trained in full beside the adapters."""
+
+    cfg: RunConfig
+    linears: list[budget.TargetLinear]
+    rank: int
+    total_steps: int
+    modules_to_save: list[str] | None
+
+
+AdapterBuilder = Callable[[AdapterRequest], Adapters]
 # (peft model, cfg, total steps) → the optimizer.
 OptimizerBuilder = Callable[[Any, "RunConfig", int], Any]
 
@@ -177,15 +187,11 @@ def settings_prefixes() -> tuple[str, ...]:
 
 
 # ------------------------------------------------------------------ adapters
-def lora_adapters(
-    cfg: RunConfig,
-    linears: list[budget.TargetLinear],
-    rank: int,
-    total_steps: int,
-    modules_to_save: list[str] | None,
-) -> Adapters:
+def lora_adapters(request: AdapterRequest) -> Adapters:
     """LoRA of `rank` on every target linear."""
     from peft import LoraConfig, TaskType
+
+    cfg, rank, linears = request.cfg, request.rank, request.linears
 
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -193,7 +199,7 @@ def lora_adapters(
         lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft says int; floats work
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.target_modules),
-        modules_to_save=modules_to_save,
+        modules_to_save=request.modules_to_save,
     )
     return Adapters(config, budget.lora_params(linears, rank), {})
 
@@ -208,17 +214,13 @@ def adalora_schedule(cfg: RunConfig, total_steps: int) -> dict[str, int]:
     return {"tinit": tinit, "tfinal": tfinal, "deltaT": delta_t, "total_step": total_steps}
 
 
-def adalora_adapters(
-    cfg: RunConfig,
-    linears: list[budget.TargetLinear],
-    rank: int,
-    total_steps: int,
-    modules_to_save: list[str] | None,
-) -> Adapters:
+def adalora_adapters(request: AdapterRequest) -> Adapters:
     """AdaLoRA whose target average rank is LoRA's `rank`, so the final budget matches LoRA's."""
     from peft import AdaLoraConfig, TaskType
 
-    schedule = adalora_schedule(cfg, total_steps)
+    cfg, rank, linears = request.cfg, request.rank, request.linears
+
+    schedule = adalora_schedule(cfg, request.total_steps)
     init_r = max(rank, math.ceil(cfg.adalora_init_r_factor * rank))
     config = AdaLoraConfig(
         task_type=TaskType.SEQ_CLS,
@@ -228,7 +230,7 @@ def adalora_adapters(
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.target_modules),
         orth_reg_weight=cfg.adalora_orth_reg_weight,
-        modules_to_save=modules_to_save,
+        modules_to_save=request.modules_to_save,
         tinit=schedule["tinit"],
         tfinal=schedule["tfinal"],
         deltaT=schedule["deltaT"],

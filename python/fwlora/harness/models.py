@@ -128,7 +128,8 @@ def attach_adapters(model: nn.Module, cfg: RunConfig, total_steps: int):
     )
     # A copy: peft appends its own defaults to this list in place.
     to_save = list(cfg.modules_to_save) if cfg.modules_to_save else None
-    adapters = methods.get(cfg.method).adapters(cfg, linears, rank, total_steps, to_save)
+    request = methods.AdapterRequest(cfg, linears, rank, total_steps, to_save)
+    adapters = methods.get(cfg.method).adapters(request)
     adapter_params, extra = adapters.params, dict(adapters.extra)
     with warnings.catch_warnings():
         # peft calls a transformers property that transformers 5 deprecates; not ours to fix.
