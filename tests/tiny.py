@@ -235,15 +235,18 @@ def as_written_before(out, keys, fmt):
     return plan
 
 
-def reference_sq_norms(model, batch):
-    """‖∂L/∂W_m‖² by turning requires_grad on for every W_m (what the hooks avoid)."""
+def reference_sq_norms(model, *batches, factor: float = 1.0):
+    """‖∂L/∂W_m‖² by turning requires_grad on for every W_m (what the hooks avoid); with
+    several batches, of the gradient accumulated over them, ‖Σ_b ∂(factor·L_b)/∂W_m‖²."""
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     for m in layers:
         m.base_layer.weight.requires_grad_(True)
     model.zero_grad()
-    loss_of(model, batch).backward()
+    for batch in batches:
+        loss = loss_of(model, batch)
+        (loss if factor == 1.0 else loss * factor).backward()
     values = [m.base_layer.weight.grad.pow(2).sum().item() for m in layers]
     for m in layers:
         m.base_layer.weight.requires_grad_(False)

@@ -33,24 +33,6 @@ def _accumulate(accelerator, model, opt, micro):
             opt.zero_grad()
 
 
-def _reference_accumulated_sq_norms(model, micro, factor):
-    """‖Σ_i ∂(factor·ℓ_i)/∂W_m‖² by turning requires_grad on for every W_m."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    for m in layers:
-        m.base_layer.weight.requires_grad_(True)
-    model.zero_grad()
-    for batch in micro:
-        (loss_of(model, batch) * factor).backward()
-    values = [m.base_layer.weight.grad.pow(2).sum().item() for m in layers]
-    for m in layers:
-        m.base_layer.weight.requires_grad_(False)
-        m.base_layer.weight.grad = None
-    model.zero_grad()
-    return values
-
-
 def test_accumulation_counts_optimizer_steps_and_measures_the_accumulated_gradient():
     micro = batches(6, seed=4)
     model = tiny_lora_model(seed=12)
@@ -65,7 +47,7 @@ def test_accumulation_counts_optimizer_steps_and_measures_the_accumulated_gradie
     assert fw.step == 1 and fw.phase == "warmup"  # one optimizer step, not three
     # g_m = ‖Σ_i ∂ℓ_i/∂W_m‖²_F, the step's accumulated weight gradient, with ℓ_i the loss each
     # backward differentiated: accelerate divides it by the accumulation steps.
-    expected = _reference_accumulated_sq_norms(reference, micro[:3], 1 / 3)
+    expected = reference_sq_norms(reference, *micro[:3], factor=1 / 3)
     assert list(fw.fisher.values()) == pytest.approx([0.5 * v for v in expected], rel=1e-9)
     # Not the sum of the per-micro-batch statistics (what accumulation_steps=1 records).
     per_micro = [reference_sq_norms(_Scaled(reference, 1 / 3), b) for b in micro[:3]]

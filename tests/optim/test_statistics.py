@@ -74,29 +74,11 @@ def test_accumulation_without_the_option_sums_micro_batch_statistics_and_warns_o
     opt.step()  # once per optimizer: no second warning (filterwarnings=error)
 
 
-def _accumulatedreference_sq_norms(model, micro):
-    """‖Σ_b ∂L_b/∂W_m‖²: W_m trainable, W_m.grad accumulated over all micro-batches."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    for m in layers:
-        m.base_layer.weight.requires_grad_(True)
-    model.zero_grad()
-    for b in micro:
-        loss_of(model, b).backward()
-    values = [m.base_layer.weight.grad.pow(2).sum().item() for m in layers]
-    for m in layers:
-        m.base_layer.weight.requires_grad_(False)
-        m.base_layer.weight.grad = None
-    model.zero_grad()
-    return values
-
-
 @pytest.mark.parametrize("n_micro", [2, 4])
 def test_accumulation_steps_give_the_norm_of_the_accumulated_gradient(n_micro):
     model = tiny_lora_model(seed=12)
     micro = batches(n_micro, seed=4)
-    expected = _accumulatedreference_sq_norms(model, micro)
+    expected = reference_sq_norms(model, *micro)  # of the accumulated gradient
     per_pass = [sum(v) for v in zip(*(reference_sq_norms(model, b) for b in micro))]
     assert max(abs(a / b - 1) for a, b in zip(per_pass, expected)) > 1e-3  # not the same
     opt = FisherAdamW(model, lr=0.0, warmup=3, alpha=0.5, accumulation_steps=n_micro)
