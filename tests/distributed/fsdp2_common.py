@@ -1,23 +1,18 @@
 """Shared by the FSDP2 worker's scenarios (tests/distributed/fsdp2_worker.py, under torchrun):
 the tiny model's set-up, sharding, per-rank data, the training loop, the DDP and FSDP2
-reference runs and the comparison of two runs' results."""
+reference runs and the comparison of two runs' results. Imported by the worker after it has
+put tests/ on the path and silenced third-party warnings."""
 
 from __future__ import annotations
 
 import contextlib
-import sys
-import warnings
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
-warnings.simplefilter("ignore")  # third-party noise; the test checks results, not warnings
+import torch
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
 
-import torch  # noqa: E402
-from torch.distributed.fsdp import fully_shard  # noqa: E402
-from torch.distributed.tensor import DTensor  # noqa: E402
-
-from fwlora import FisherAdamW  # noqa: E402
-from tiny import batches, tiny_lora_model  # noqa: E402
+from fwlora import FisherAdamW
+from tiny import batches, tiny_lora_model
 
 WARMUP, STEPS = 4, 8
 FW = {"lr": 1e-2, "warmup": WARMUP, "lam": 1e-3, "alpha": 0.7, "weight_decay": 0.01}

@@ -4,15 +4,10 @@ accelerate's state is process-wide: each scenario resets it before and after."""
 
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
-warnings.simplefilter("ignore")  # third-party noise; the test checks results, not warnings
-
-import torch  # noqa: E402
-from fsdp2_common import (  # noqa: E402  (the shared set-up and helpers)
+import torch
+from fsdp2_common import (  # the worker puts tests/ on the path and silences warnings
     FW,
     STEPS,
     compare,
@@ -21,8 +16,8 @@ from fsdp2_common import (  # noqa: E402  (the shared set-up and helpers)
     summary,
 )
 
-from fwlora import FisherAdamW  # noqa: E402
-from tiny import tiny_lora_model  # noqa: E402
+from fwlora import FisherAdamW
+from tiny import tiny_lora_model
 
 
 def _force_accelerate_fsdp(accelerator, plugin) -> None:

@@ -2,61 +2,27 @@
 
 One torchrun launch of fsdp2_worker.py (beside this file) runs every scenario (module
 fixture); each test below reads its part. Each rank trains on its own data; the DDP run
-(already supported) is the reference. The refusals that need no process group are tested in-process.
+(already supported) is the reference. The refusals that need no process group are in
+test_sharding.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from two_ranks import run_two_ranks
 
-HERE = Path(__file__).resolve().parent
 WEIGHT_TOL = 1e-5  # fp32, 8 steps: the issue's bound
 IMPORTANCE_TOL = 1e-6
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     """{scenario: result} from rank 0, after checking both ranks reported the same."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        torchrun = shutil.which("torchrun")
-    assert torchrun, "torchrun not found beside the interpreter"
     tmp = tmp_path_factory.mktemp("fsdp2")
-    env = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]),
-    }
     result_path = tmp / "result.json"
-    cmd = [
-        str(torchrun),
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        str(HERE / "fsdp2_worker.py"),
-        str(result_path),
-        str(tmp / "scratch"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_two_ranks("fsdp2_worker.py", result_path, tmp / "scratch", timeout=600)
     r0, r1 = json.loads(result_path.read_text())["ranks"]
     # Every rank computed the same importances, weights (gathered), penalty and ratios.
     assert r0 == r1
