@@ -168,7 +168,7 @@ class FisherAdamW(ReadOuts, torch.optim.AdamW):
         )
         fisher_weighting.bind(self)
         # FW-LoRA's state travels in this optimizer's own state dict, by torch's hooks.
-        self._fwlora_state_hooks = fisher_weighting.hook_state_dict(self)
+        fisher_weighting.hook_state_dict(self)
         self.fisher_weighting = fisher_weighting
 
     @torch.no_grad()

@@ -73,7 +73,6 @@ class FisherWeighting(ReadOuts):
             options = FisherOptions.from_kwargs(**overrides)
         elif overrides:
             options = FisherOptions.from_kwargs(**{**options.to_dict(), **overrides})
-        self.options = options
         self.matrices = find_adapter_matrices(model, exclude=options.exclude)
         check_trainable(self.matrices)
         self.observation = Observation(self.matrices, options)
@@ -93,6 +92,11 @@ class FisherWeighting(ReadOuts):
     @property
     def _weighting(self) -> FisherWeighting:
         return self
+
+    @property
+    def options(self) -> FisherOptions:
+        """The options in effect (held once, by the Observation; a load adopts the saved ones)."""
+        return self.observation.options
 
     @property
     def core(self) -> FisherCore:
@@ -190,10 +194,9 @@ class FisherWeighting(ReadOuts):
     def set_accumulation_steps(self, steps: int) -> None:
         """Backward passes per optimizer step, when known only after construction (the
         Trainer's `gradient_accumulation_steps`; `FisherCallback` calls this)."""
-        self.options = FisherOptions.from_kwargs(
+        self.observation.options = FisherOptions.from_kwargs(
             **{**self.options.to_dict(), "accumulation_steps": steps}
         )
-        self.observation.options = self.options
         self.statistics.accumulation_steps = self.options.accumulation_steps
 
     def use_grad_scaler(self, scaler: Any) -> None:
@@ -299,8 +302,7 @@ class FisherWeighting(ReadOuts):
         warning when they differ from this object's: the saved run's λ, K, α, ... win."""
         saved = saved_options(state, core)
         warn_adopted_options(self.options, saved)
-        self.options = dataclasses.replace(self.options, **saved)
-        self.observation.load(core, self.options)
+        self.observation.load(core, dataclasses.replace(self.options, **saved))
         self.pipeline.calibration.load_state_dict(saved_calibration(state), self.observation.device)
         self._sync_phase()
 
